@@ -1,0 +1,192 @@
+"""The `batch-runner` command: plan, run, status, sandbox."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from . import __version__, humanize
+from .errors import ManifestError, UsageError
+from .manifest import Job, RunSettings, load_job
+from .plan import ItemsWriter, Plan, build_plan
+from .settings import Settings, resolve
+
+EXIT_OK = 0
+EXIT_FAILED_ITEMS = 1
+EXIT_USAGE = 2
+EXIT_BUDGET = 3
+EXIT_FATAL_API = 4
+EXIT_INTERNAL = 70
+EXIT_INTERRUPTED = 130
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number")
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return value
+
+
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number")
+    if value < 0 or value != value:
+        raise argparse.ArgumentTypeError(f"{text!r} must be 0 or more")
+    return value
+
+
+def _positive(text: str) -> float:
+    value = _non_negative(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be more than 0")
+    return value
+
+
+def add_run_settings(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("run settings (override the manifest)")
+    group.add_argument(
+        "--concurrency", type=_positive_int, help="requests in flight at once (default: manifest, else 4)"
+    )
+    group.add_argument("--rpm", type=_positive, help="client-side limit in requests per minute, shared by all workers")
+    group.add_argument(
+        "--max-cost", type=_non_negative, help="never spend more than this many dollars in this output folder"
+    )
+    group.add_argument(
+        "--price-per-image", type=_positive, help="dollars per image when the server sends no x-cost (default 0.063)"
+    )
+
+
+def flag_settings(args: argparse.Namespace) -> RunSettings:
+    return RunSettings(
+        concurrency=args.concurrency, rpm=args.rpm, max_cost=args.max_cost, price_per_image=args.price_per_image
+    )
+
+
+def load(args: argparse.Namespace) -> tuple[Job, Settings]:
+    job = load_job(args.job)
+    return job, resolve(job.settings, flag_settings(args))
+
+
+# ------------------------------------------------------------------------------------------- plan
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    job, settings = load(args)
+    writer = ItemsWriter(Path(args.items), job) if args.items else None
+    try:
+        plan = build_plan(job, settings, on_item=writer)
+    finally:
+        if writer:
+            writer.close()
+    if args.json:
+        print(json.dumps(plan.to_json(), ensure_ascii=False, indent=2))
+    else:
+        print(render_plan(plan))
+        if args.items:
+            print(f"\nwrote {plan.items:,} items to {args.items}")
+    return EXIT_OK
+
+
+def render_plan(plan: Plan) -> str:
+    job, s = plan.job, plan.settings
+    lines = [f"job {job.name} ({humanize.clip(job.source, 80)})"]
+    lines.append(f"  items      {plan.items:,} unique ({plan.duplicates:,} duplicates dropped)")
+    if job.axes:
+        lines.append("  axes       " + " × ".join(a.name for a in job.axes))
+        width = max(len(a.name) for a in job.axes)
+        for axis in job.axes:
+            count = f"{axis.count:,}{'+' if axis.capped else ''}"
+            sample = ", ".join(humanize.clip(v, 32) for v in axis.sample[:4])
+            more = ", …" if axis.count > 4 else ""
+            lines.append(f"    {axis.name.ljust(width)}  {count.rjust(7)}  {sample}{more}")
+    lines.append(
+        f"  cost       {humanize.money(plan.estimated_cost)} estimated "
+        f"({plan.items:,} × {humanize.price(s.price_per_image)})"
+    )
+    if s.max_cost is not None:
+        lines.append(f"  budget     {humanize.money(s.max_cost)} (max_cost)")
+    pace = f"concurrency {s.concurrency}" + (f", {s.rpm:g} rpm" if s.rpm else "")
+    lines.append(f"  time       ~{humanize.duration(plan.estimated_seconds)} at {pace} (~12.8 s per request)")
+    if plan.first:
+        columns = ["item_id", *job.param_columns, *job.meta_columns][:7]
+        rows = [item.row() for item in plan.first]
+        lines.append(f"\nfirst {len(rows)} items:")
+        lines.append(humanize.table(rows, columns, {"prompt": 44, "negative_prompt": 24}))
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------- main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="batch-runner",
+        description="Turn a manifest of prompts into generated images with Segmind's Ideogram Turbo API.",
+    )
+    parser.add_argument("--version", action="version", version=f"batch-runner {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    plan = sub.add_parser("plan", help="show what a job will do and cost, spending nothing")
+    plan.add_argument("job", help="a .yaml or .csv/.tsv manifest")
+    plan.add_argument("--json", action="store_true", help="print a JSON object for scripts")
+    plan.add_argument("--items", metavar="FILE", help="write every item to FILE (.csv, .tsv or .jsonl)")
+    add_run_settings(plan)
+    plan.set_defaults(handler=cmd_plan)
+
+    for register in _EXTRA_COMMANDS:
+        register(sub)
+    return parser
+
+
+# Other modules register their subcommands here, so cli.py need not import the runner or the
+# sandbox (and their heavier dependencies) just to plan a job.
+_EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []
+
+
+def _register_builtin_commands() -> None:
+    from . import commands
+
+    _EXTRA_COMMANDS.extend(commands.REGISTER)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    if not _EXTRA_COMMANDS:
+        _register_builtin_commands()
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except ManifestError as exc:
+        count = len(exc.problems)
+        print(f"error: the job cannot be planned ({count} problem{'s' * (count != 1)}):", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return EXIT_USAGE
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # `batch-runner plan ... | head` closed the pipe: not an error worth a message.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
+    except Exception as exc:  # noqa: BLE001 - the promise is: never a traceback
+        if os.environ.get("BATCH_RUNNER_DEBUG"):
+            raise
+        print(
+            f"internal error: {type(exc).__name__}: {exc}\n"
+            "Nothing paid for is lost: results are journaled as they arrive. "
+            "Set BATCH_RUNNER_DEBUG=1 to see the traceback, and please report it.",
+            file=sys.stderr,
+        )
+        return EXIT_INTERNAL

@@ -1,0 +1,119 @@
+"""Properties of expansion and validation that must hold for any manifest."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from batch_runner import api_spec
+from batch_runner.errors import ManifestError
+from batch_runner.items import Deduplicated
+from batch_runner.manifest import load_job
+from tests.conftest import run_cli
+
+prompts = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="{}\r\x00"), min_size=1).filter(
+    lambda s: s.strip()
+)
+axes = st.fixed_dictionaries(
+    {},
+    optional={
+        "style_type": st.lists(st.sampled_from(api_spec.STYLE_TYPES), min_size=1, max_size=5),
+        "seed": st.lists(st.integers(api_spec.SEED_MIN, api_spec.SEED_MAX), min_size=1, max_size=5),
+        "resolution": st.lists(st.sampled_from(api_spec.RESOLUTIONS), min_size=1, max_size=4),
+        "magic_prompt_option": st.lists(st.sampled_from(api_spec.MAGIC_PROMPT_OPTIONS), min_size=1, max_size=3),
+    },
+)
+fuzz = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+@fuzz
+@given(prompt_list=st.lists(prompts, min_size=1, max_size=6), grid=axes)
+def test_expansion_is_the_product_of_distinct_values_and_keeps_prompts_exact(tmp_path, prompt_list, grid):
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump({"grid": {"prompt": prompt_list, **grid}}, allow_unicode=True), encoding="utf-8")
+    unique = Deduplicated(load_job(path).iter_items())
+    items = list(unique)
+    expected = math.prod(len(set(values)) for values in [prompt_list, *grid.values()])
+    assert len(items) == expected
+    assert len({i.item_id for i in items}) == expected
+    assert {i.params["prompt"] for i in items} == set(prompt_list)
+    total = math.prod(len(v) for v in [prompt_list, *grid.values()])
+    assert unique.duplicates == total - expected
+
+
+@fuzz
+@given(rows=st.lists(st.tuples(prompts, st.sampled_from(api_spec.STYLE_TYPES)), min_size=1, max_size=8))
+def test_csv_prompts_round_trip_exactly(tmp_path, rows):
+    import csv
+
+    rows = [(p.replace("|", "/"), s) for p, s in rows]
+    path = tmp_path / "job.csv"
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["Prompt", "style_type"])
+        writer.writerows(rows)
+    items = list(load_job(path).iter_items())
+    assert [(i.params["prompt"], i.params["style_type"]) for i in items] == rows
+
+
+@fuzz
+@given(value=st.one_of(st.integers(), st.text(max_size=20), st.floats(allow_nan=False), st.booleans(), st.none()))
+def test_seed_validation_accepts_exactly_the_documented_range(value):
+    valid = isinstance(value, int) and not isinstance(value, bool) and api_spec.SEED_MIN <= value <= api_spec.SEED_MAX
+    assert (api_spec.check_seed(value) is None) == valid
+
+
+yaml_scalars = st.one_of(
+    st.none(), st.booleans(), st.integers(-10, 10**7), st.floats(allow_nan=False), st.text(max_size=30)
+)
+yaml_values = st.recursive(
+    yaml_scalars,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4),
+        st.dictionaries(
+            st.one_of(
+                st.sampled_from([*api_spec.PARAMETERS, "file", "random", "base", "members", "name"]),
+                st.text(max_size=8),
+            ),
+            inner,
+            max_size=4,
+        ),
+    ),
+    max_leaves=12,
+)
+manifest_docs = st.dictionaries(
+    st.sampled_from(["name", "defaults", "grid", "zip", "vars", "concurrency", "rpm", "max_cost", "bogus"]),
+    yaml_values,
+    max_size=5,
+)
+
+
+@fuzz
+@given(doc=manifest_docs)
+def test_fuzzed_manifests_either_plan_or_raise_manifest_error(tmp_path, doc):
+    path = tmp_path / "fuzz.yaml"
+    path.write_text(yaml.safe_dump(doc, allow_unicode=True), encoding="utf-8")
+    try:
+        for _ in Deduplicated(load_job(path).iter_items()):
+            pass
+    except ManifestError as exc:
+        assert exc.problems and all(p.file.endswith("fuzz.yaml") or "fuzz" not in p.file for p in exc.problems)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(raw=st.binary(max_size=200) | st.text(max_size=200).map(str.encode))
+def test_garbage_files_never_show_a_traceback_through_the_cli(tmp_path, raw):
+    for name in ("garbage.yaml", "garbage.csv"):
+        path = tmp_path / name
+        path.write_bytes(raw)
+        result = run_cli("plan", str(path), "--json")
+        assert "Traceback" not in result.stderr
+        assert result.returncode in (0, 2)
+        if result.returncode == 0:
+            assert json.loads(result.stdout)["items"] >= 1
+        else:
+            assert name in result.stderr
