@@ -2,4 +2,9 @@
 
 from __future__ import annotations
 
-REGISTER: list = []
+import argparse
+from collections.abc import Callable
+
+from .sandbox_command import register as register_sandbox
+
+REGISTER: list[Callable[[argparse._SubParsersAction], None]] = [register_sandbox]
