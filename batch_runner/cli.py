@@ -161,7 +161,9 @@ def _register_builtin_commands() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     if not _EXTRA_COMMANDS:
         _register_builtin_commands()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     try:
         return args.handler(args)
     except ManifestError as exc:

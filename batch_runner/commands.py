@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
+from .run_command import register_run, register_status
 from .sandbox_command import register as register_sandbox
 
-REGISTER: list[Callable[[argparse._SubParsersAction], None]] = [register_sandbox]
+REGISTER: list[Callable[[argparse._SubParsersAction], None]] = [register_run, register_status, register_sandbox]

@@ -164,6 +164,12 @@ class SandboxApi:
             record.ended = time.monotonic()
             self._in_flight -= 1
 
+    def add_credits(self, amount: float) -> None:
+        """Top up the balance, as a user would after a 406."""
+        with self._lock:
+            if self._credits is not None:
+                self._credits += amount
+
     def stats(self, include_log: bool = True) -> dict[str, Any]:
         """Everything received and billed; the shape served at GET /sandbox/stats."""
         with self._lock:

@@ -1,0 +1,310 @@
+"""One request to the generation endpoint, and what its answer means for the run.
+
+`Client.generate` makes exactly one attempt and returns a verified image or raises one of the
+ApiError subclasses below; retrying and pacing are the policies' job (policies.py). The API
+key goes only to the endpoint: never into a message, a log line, or a request to an image URL.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import requests
+from PIL import Image
+
+from . import api_spec
+
+_CHUNK = 64 * 1024
+
+
+class ApiError(Exception):
+    """An attempt that produced no usable image. `cost` is what the attempt was billed."""
+
+    def __init__(self, message: str, http_status: int | None = None, cost: float = 0.0, answered: bool = True):
+        super().__init__(message)
+        self.message = message
+        self.http_status = http_status
+        self.cost = cost
+        self.answered = answered  # False: no status line came back, so billing is unknown
+
+
+class RateLimited(ApiError):
+    """429: every worker should pause until retry_at (a time.monotonic() value) if known."""
+
+    def __init__(self, message: str, retry_at: float | None):
+        super().__init__(message, 429)
+        self.retry_at = retry_at
+
+
+class TransientError(ApiError):
+    """Worth retrying: 5xx, timeouts, dropped connections, truncated or broken images."""
+
+
+class ItemRejected(ApiError):
+    """400/422 and unsafe images: this item fails for good; the run goes on."""
+
+
+class OutOfCredits(ApiError):
+    """406: stop the run cleanly. `reason` is credits, content-type or spend-limit."""
+
+    def __init__(self, message: str, reason: str):
+        super().__init__(message, 406)
+        self.reason = reason
+
+
+class FatalApiError(ApiError):
+    """401/403/404/405/410: configuration is wrong; nothing else can succeed."""
+
+
+@dataclass(frozen=True)
+class Generated:
+    image: bytes
+    extension: str
+    cost: float
+    remaining_credits: float | None
+    seed_value: int | None
+    request_id: str | None
+    generation_time_s: float | None
+
+
+def _float(value: str | None) -> float | None:
+    try:
+        return float(value) if value not in (None, "") else None
+    except ValueError:
+        return None
+
+
+def _int(value: Any) -> int | None:
+    try:
+        return int(value) if value not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
+
+
+def retry_at_from(headers: Any, now: float | None = None) -> float | None:
+    """When a 429 says to come back, as a monotonic time: Retry-After (seconds or an HTTP
+    date) or x-rate-limit-reset-at-utc (ISO 8601 or epoch seconds); None if neither parses."""
+    now = time.monotonic() if now is None else now
+    wall = datetime.now(timezone.utc)
+    reset = headers.get("x-rate-limit-reset-at-utc")
+    if reset:
+        text = reset.strip()
+        try:
+            when = datetime.fromtimestamp(float(text), timezone.utc)
+        except ValueError:
+            try:
+                when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+            except ValueError:
+                when = None
+        if when is not None:
+            if when.tzinfo is None:
+                when = when.replace(tzinfo=timezone.utc)
+            return now + max(0.0, (when - wall).total_seconds())
+    after = headers.get("Retry-After")
+    if after:
+        text = after.strip()
+        try:
+            return now + max(0.0, float(text))
+        except ValueError:
+            try:
+                return now + max(0.0, (parsedate_to_datetime(text) - wall).total_seconds())
+            except (TypeError, ValueError):
+                return None
+    return None
+
+
+def _error_message(response: requests.Response, body: bytes) -> str:
+    try:
+        payload = json.loads(body)
+        if isinstance(payload, dict) and payload.get("error"):
+            return str(payload["error"])
+    except (ValueError, UnicodeDecodeError):
+        pass
+    text = body[:200].decode("utf-8", "replace").strip()
+    return f"HTTP {response.status_code}" + (f": {text}" if text and "<html" not in text.lower() else "")
+
+
+def _reason_406(message: str) -> str:
+    lowered = message.lower()
+    if "content" in lowered and "type" in lowered:
+        return "content-type"
+    if "spend" in lowered or "limit" in lowered:
+        return "spend-limit"
+    return "credits"
+
+
+def check_image(data: bytes, size: tuple[int, int]) -> str:
+    """The file extension for a decodable image of exactly `size`; TransientError otherwise."""
+    try:
+        image = Image.open(io.BytesIO(data))
+        fmt = (image.format or "").lower()
+        actual = image.size
+        # Decoding at 1/8 scale reads the whole stream (so truncation is caught) at a
+        # fraction of the cost of a full decode.
+        image.draft("RGB", (max(1, actual[0] // 8), max(1, actual[1] // 8)))
+        image.load()
+    except Exception as exc:  # noqa: BLE001 - Pillow raises many types for bad data
+        raise TransientError(f"the image does not decode ({exc})")
+    if actual != size:
+        raise TransientError(f"the image is {actual[0]}x{actual[1]}, not the requested {size[0]}x{size[1]}")
+    return {"jpeg": "jpg", "png": "png", "webp": "webp"}.get(fmt, fmt or "img")
+
+
+class Client:
+    """Sends generation requests over one shared, pooled requests.Session."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        api_key: str,
+        pool_size: int,
+        timeout_s: float = 120.0,
+        connect_timeout_s: float = 10.0,
+        price_per_image: float = api_spec.PRICE_PER_IMAGE,
+    ):
+        self.endpoint = endpoint
+        self._key = api_key
+        self.timeout_s = timeout_s
+        self.connect_timeout_s = connect_timeout_s
+        self.price_per_image = price_per_image
+        self.session = requests.Session()
+        adapter = requests.adapters.HTTPAdapter(pool_connections=2, pool_maxsize=max(pool_size, 1), max_retries=0)
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+
+    def __repr__(self) -> str:
+        return f"Client(endpoint={self.endpoint!r})"  # never the key
+
+    def close(self) -> None:
+        self.session.close()
+
+    @property
+    def credits_url(self) -> str:
+        base, _, _ = self.endpoint.rstrip("/").rpartition("/")
+        return f"{base}/get-user-credits"
+
+    def credits(self) -> float | None:
+        """The account balance, or None when the endpoint does not say."""
+        try:
+            r = self.session.get(self.credits_url, headers={"x-api-key": self._key}, timeout=5)
+            return float(r.json()["credits"]) if r.status_code == 200 else None
+        except (requests.RequestException, ValueError, KeyError, TypeError):
+            return None
+
+    def generate(self, params: dict[str, Any]) -> Generated:
+        size = api_spec.resolution_size(params.get("resolution"))
+        deadline = time.monotonic() + self.timeout_s
+        try:
+            response = self.session.post(
+                self.endpoint,
+                data=json.dumps(params, ensure_ascii=False).encode("utf-8"),
+                headers={"x-api-key": self._key, "Content-Type": "application/json"},
+                timeout=(self.connect_timeout_s, self.timeout_s),
+                stream=True,
+            )
+        except requests.Timeout:
+            raise TransientError(f"no answer within {self.timeout_s:g} s", answered=False)
+        except requests.RequestException as exc:
+            raise TransientError(f"connection failed ({type(exc).__name__})", answered=False)
+
+        with response:
+            status = response.status_code
+            billed = self._cost(response) if status == 200 else 0.0
+            body = self._read(response, deadline, billed)
+            if status == 200:
+                image = self._image_bytes(response, body, deadline, billed)
+                try:
+                    extension = check_image(image, size)
+                except TransientError as exc:
+                    exc.cost = billed
+                    raise
+                headers = response.headers
+                return Generated(
+                    image=image,
+                    extension=extension,
+                    cost=billed,
+                    remaining_credits=_float(headers.get("x-remaining-credits")),
+                    seed_value=_int(headers.get("x-seed-value")),
+                    request_id=headers.get("x-request-id"),
+                    generation_time_s=_float(headers.get("x-generation-time")),
+                )
+            raise self._classify(response, body)
+
+    def _cost(self, response: requests.Response) -> float:
+        cost = _float(response.headers.get("x-cost"))
+        return self.price_per_image if cost is None else cost
+
+    def _read(self, response: requests.Response, deadline: float, billed: float) -> bytes:
+        """The whole body, within the overall deadline: a read timeout is per socket read, so
+        a body trickling in one byte at a time would otherwise hold a worker for ever."""
+        chunks = []
+        try:
+            for chunk in response.iter_content(_CHUNK):
+                chunks.append(chunk)
+                if time.monotonic() > deadline:
+                    raise TransientError(
+                        f"the body took longer than {self.timeout_s:g} s", response.status_code, billed
+                    )
+        except requests.RequestException as exc:
+            raise TransientError(f"the connection broke mid-body ({type(exc).__name__})", response.status_code, billed)
+        return b"".join(chunks)
+
+    def _image_bytes(self, response: requests.Response, body: bytes, deadline: float, billed: float) -> bytes:
+        """Raw image bytes from any of the three documented shapes of a 200."""
+        content_type = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
+        if content_type != "application/json":
+            return body
+        try:
+            payload = json.loads(body)
+        except ValueError:
+            raise TransientError("the JSON body does not parse", 200, billed)
+        if isinstance(payload, dict) and isinstance(payload.get("image"), str):
+            try:
+                return base64.b64decode(payload["image"], validate=False)
+            except (binascii.Error, ValueError):
+                raise TransientError("the base64 image does not decode", 200, billed)
+        data = payload.get("data") if isinstance(payload, dict) else None
+        if isinstance(data, list) and data and isinstance(data[0], dict):
+            entry = data[0]
+            if entry.get("is_image_safe") is False or not entry.get("url"):
+                raise ItemRejected("the provider flagged the image as unsafe and sent no URL", 200, billed)
+            return self._download(entry["url"], deadline, billed)
+        url = payload.get("output") or payload.get("url") if isinstance(payload, dict) else None
+        if isinstance(url, str) and url.startswith("http"):
+            return self._download(url, deadline, billed)
+        raise TransientError("the JSON body holds no image, base64 or URL", 200, billed)
+
+    def _download(self, url: str, deadline: float, billed: float) -> bytes:
+        remaining = max(1.0, deadline - time.monotonic())
+        try:
+            # No API key here: the media host is not the API.
+            response = self.session.get(url, timeout=(self.connect_timeout_s, remaining), stream=True)
+        except requests.RequestException as exc:
+            raise TransientError(f"downloading the image failed ({type(exc).__name__})", 200, billed)
+        with response:
+            if response.status_code != 200:
+                raise TransientError(f"downloading the image answered HTTP {response.status_code}", 200, billed)
+            return self._read(response, deadline, billed)
+
+    def _classify(self, response: requests.Response, body: bytes) -> ApiError:
+        status = response.status_code
+        message = _error_message(response, body)
+        if status == 429:
+            return RateLimited(message, retry_at_from(response.headers))
+        if status == 406:
+            return OutOfCredits(message, _reason_406(message))
+        if status in (400, 422):
+            return ItemRejected(message, status)
+        if status in (401, 403, 404, 405, 410):
+            return FatalApiError(message, status)
+        if status >= 500 or status in (408, 425):
+            return TransientError(message, status)
+        return ItemRejected(f"unexpected answer: {message}", status)

@@ -1,0 +1,183 @@
+"""An append-only log of every request sent and every answer, safe against kill -9.
+
+Each event is one JSON line, written with a single write() on an O_APPEND descriptor and
+fsynced before the call returns: when `sent` returns, the request is on disk before it goes
+out; when `done` returns, the result is. A line torn by a crash is the last one and is skipped
+on replay, so the journal always replays to a consistent state.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class ItemState:
+    """What the journal says of one item."""
+
+    status: str = "pending"  # pending | sent | succeeded | failed
+    attempts: int = 0
+    http_status: int | None = None
+    error: str | None = None
+    latency_s: float | None = None
+    cost_usd: float = 0.0
+    remaining_credits: float | None = None
+    seed_value: int | None = None
+    request_id: str | None = None
+    image_path: str | None = None
+    first_sent_at: float | None = None
+    finished_at: float | None = None
+    rate_limited: int = 0
+    unanswered: int = 0  # attempts with no status line back: may have been billed
+    row: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Replay:
+    items: dict[str, ItemState]
+    runs: list[dict[str, Any]]
+    torn_lines: int
+
+    @property
+    def spent(self) -> float:
+        return sum(s.cost_usd for s in self.items.values())
+
+    @property
+    def unanswered(self) -> int:
+        return sum(s.unanswered for s in self.items.values())
+
+
+class Journal:
+    def __init__(self, path: Path):
+        self.path = path
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._lock = threading.Lock()
+        self._repair_tail()
+
+    def _repair_tail(self) -> None:
+        # A crash mid-line leaves the file without a final newline; start ours on a new line
+        # so the torn fragment stays a separate (skipped) line instead of corrupting ours.
+        size = os.fstat(self._fd).st_size
+        if size:
+            with open(self.path, "rb") as f:
+                f.seek(size - 1)
+                if f.read(1) != b"\n":
+                    os.write(self._fd, b"\n")
+
+    def write(self, event: dict[str, Any]) -> None:
+        data = (json.dumps(event, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
+        with self._lock:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._fd, view) :]
+            os.fdatasync(self._fd)
+
+    def run_started(self, **info: Any) -> None:
+        self.write({"e": "run", "at": time.time(), **info})
+
+    def sent(self, item_id: str, attempt: int, row: dict[str, Any] | None) -> None:
+        event: dict[str, Any] = {"e": "sent", "id": item_id, "n": attempt, "at": time.time()}
+        if row is not None:
+            event["row"] = row
+        self.write(event)
+
+    def attempt(
+        self,
+        item_id: str,
+        attempt: int,
+        http_status: int | None,
+        error: str | None,
+        cost: float,
+        answered: bool,
+        latency_s: float,
+    ) -> None:
+        self.write(
+            {
+                "e": "attempt",
+                "id": item_id,
+                "n": attempt,
+                "http": http_status,
+                "error": error,
+                "cost": cost,
+                "answered": answered,
+                "latency": round(latency_s, 4),
+            }
+        )
+
+    def done(self, item_id: str, status: str, **fields: Any) -> None:
+        self.write({"e": "done", "id": item_id, "status": status, "at": time.time(), **fields})
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+def read_events(path: Path) -> Iterator[dict[str, Any] | None]:
+    """Events in order; None for a line that is torn or unreadable."""
+    if not path.exists():
+        return
+    with path.open("rb") as f:
+        for raw in f:
+            if not raw.endswith(b"\n"):
+                yield None
+                continue
+            try:
+                event = json.loads(raw)
+            except (ValueError, UnicodeDecodeError):
+                yield None
+                continue
+            yield event if isinstance(event, dict) else None
+
+
+def replay(path: Path) -> Replay:
+    items: dict[str, ItemState] = {}
+    runs: list[dict[str, Any]] = []
+    torn = 0
+    for event in read_events(path):
+        if event is None:
+            torn += 1
+            continue
+        kind = event.get("e")
+        if kind == "run":
+            runs.append(event)
+            continue
+        item_id = event.get("id")
+        if not isinstance(item_id, str):
+            continue
+        state = items.setdefault(item_id, ItemState())
+        if kind == "sent":
+            state.status = "sent"
+            state.attempts = max(state.attempts, int(event.get("n", state.attempts + 1)))
+            state.first_sent_at = state.first_sent_at or event.get("at")
+            if event.get("row"):
+                state.row = event["row"]
+        elif kind == "attempt":
+            state.status = "pending"
+            state.http_status = event.get("http")
+            state.error = event.get("error")
+            state.cost_usd += float(event.get("cost") or 0.0)
+            state.latency_s = event.get("latency")
+            state.rate_limited += event.get("http") == 429
+            state.unanswered += not event.get("answered", True)
+        elif kind == "done":
+            state.status = event.get("status", state.status)
+            state.finished_at = event.get("at")
+            # A success carries its attempt's outcome itself: one fsync fewer per image.
+            state.cost_usd += float(event.get("cost") or 0.0)
+            state.attempts = max(state.attempts, int(event.get("n") or 0))
+            if "latency" in event:
+                state.latency_s = event["latency"]
+            for name in ("image_path", "seed_value", "request_id", "remaining_credits", "error", "http_status"):
+                if name in event:
+                    setattr(state, name, event[name])
+    # A request on record as sent with no answer on record was cut off by a crash.
+    for state in items.values():
+        if state.status == "sent":
+            state.unanswered += 1
+    return Replay(items, runs, torn)

@@ -1,0 +1,98 @@
+"""The run's folder: images, journal, manifest, and the lock that keeps one run at a time."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+
+IMAGES = "images"
+JOURNAL = "journal.jsonl"
+MANIFEST = "manifest.parquet"
+METADATA = "metadata.jsonl"
+LOCK = ".lock"
+_PARTIAL = ".partial"
+
+
+class AlreadyRunning(Exception):
+    pass
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write data so that path holds either its old content or all of data, never a part.
+
+    The temporary name ends in .partial, which nothing ever reads as a result."""
+    tmp = path.with_name(f".{path.name}{_PARTIAL}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+class OutputDir:
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.images = self.path / IMAGES
+        self.journal = self.path / JOURNAL
+        self.manifest = self.path / MANIFEST
+        self.metadata = self.path / METADATA
+        self._lock_fd: int | None = None
+
+    def exists(self) -> bool:
+        return self.journal.exists() or self.manifest.exists()
+
+    def prepare(self) -> None:
+        self.images.mkdir(parents=True, exist_ok=True)
+
+    def lock(self) -> None:
+        """Take the folder for this process. flock is released by the kernel when the process
+        dies, even by kill -9, so a crashed run never leaves the folder stuck."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise AlreadyRunning(f"{self.path} is in use by a running batch-runner (pid {holder})")
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._lock_fd = fd
+
+    def unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def remove_partials(self) -> int:
+        """Delete files a crash left half-written; they were never results."""
+        removed = 0
+        for folder in (self.path, self.images):
+            if folder.is_dir():
+                for partial in folder.glob(f".*{_PARTIAL}"):
+                    partial.unlink(missing_ok=True)
+                    removed += 1
+        return removed
+
+    def image_path(self, item_id: str, extension: str) -> Path:
+        return self.images / f"{item_id}.{extension}"
+
+    def save_image(self, item_id: str, data: bytes, extension: str) -> str:
+        """Store a received image durably; returns its path relative to the folder."""
+        path = self.image_path(item_id, extension)
+        write_atomic(path, data)
+        return path.relative_to(self.path).as_posix()
+
+    def find_image(self, item_id: str) -> Path | None:
+        matches = sorted(p for p in self.images.glob(f"{item_id}.*") if not p.name.endswith(_PARTIAL))
+        return matches[0] if matches else None

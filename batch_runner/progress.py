@@ -1,0 +1,58 @@
+"""Progress for people and for cron: a tqdm bar on a terminal, plain log lines otherwise."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from typing import Any
+
+from tqdm import tqdm
+
+from . import humanize
+
+
+class Progress:
+    def __init__(self, total: int, tally: Any, mode: str, interval_s: float, log: Callable[[str], None]):
+        if mode == "auto":
+            mode = "bar" if sys.stderr.isatty() else "log"
+        self.mode = mode
+        self.total = total
+        self.tally = tally
+        self.interval_s = interval_s
+        self.log = log
+        self.started = time.monotonic()
+        self._last_log = self.started
+        self._bar = tqdm(total=total, unit="img", dynamic_ncols=True, file=sys.stderr) if mode == "bar" else None
+
+    def _finished(self) -> int:
+        return self.tally.succeeded + self.tally.failed
+
+    def _summary(self) -> str:
+        t = self.tally
+        return f"failed {t.failed} · spent {humanize.money(t.spent)} · in flight {t.in_flight} · 429s {t.rate_limited}"
+
+    def refresh(self) -> None:
+        if self._bar is not None:
+            self._bar.n = self._finished()
+            self._bar.set_postfix_str(self._summary(), refresh=False)
+            self._bar.refresh()
+        elif self.mode == "log" and time.monotonic() - self._last_log >= self.interval_s:
+            self._last_log = time.monotonic()
+            self.log(self._line())
+
+    def _line(self) -> str:
+        done = self._finished()
+        elapsed = time.monotonic() - self.started
+        rate = done / elapsed if elapsed > 0 else 0.0
+        eta = humanize.duration((self.total - done) / rate) if rate > 0 else "?"
+        stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return f"{stamp} progress {done:,}/{self.total:,} · {self._summary()} · {rate * 60:.1f}/min · ETA {eta}"
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self.refresh()
+            self._bar.close()
+        elif self.mode == "log":
+            self.log(self._line())

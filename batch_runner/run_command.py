@@ -1,0 +1,152 @@
+"""`batch-runner run` and `batch-runner status`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+from pathlib import Path
+
+from . import humanize
+from .errors import UsageError
+from .output_dir import AlreadyRunning, OutputDir
+from .results import summarize
+
+API_KEY_ENV = "SEGMIND_API_KEY"
+EXIT_LOCKED = 5
+
+
+def register_run(sub: argparse._SubParsersAction) -> None:
+    from .cli import _positive, _positive_int, add_run_settings
+
+    p = sub.add_parser(
+        "run",
+        help="generate every item of a job; resumes where it stopped",
+        description="Generate every item of JOB. Running the same command again resumes: finished items are "
+        "skipped. Exit codes: 0 all succeeded, 1 some failed, 2 bad input, 3 stopped on credits or budget, "
+        "4 fatal API error, 5 output folder busy, 130 interrupted.",
+    )
+    p.add_argument("job", help="a .yaml or .csv/.tsv manifest")
+    p.add_argument("--output", "-o", help="results folder (default outputs/<job name>)")
+    p.add_argument("--endpoint", help="generation URL (default Segmind's; e.g. a sandbox or a proxy)")
+    p.add_argument("--api-key-file", help=f"read the API key from this file (default: ${API_KEY_ENV})")
+    p.add_argument("--sandbox", action="store_true", help="run against a built-in local sandbox: no key, no credits")
+    p.add_argument("--retry-failed", action="store_true", help="send items that failed in earlier runs again")
+    p.add_argument("--max-attempts", type=_positive_int, default=5, help="tries per item for retryable errors")
+    p.add_argument("--timeout", type=_positive, default=120.0, help="overall seconds allowed per request")
+    p.add_argument(
+        "--progress",
+        choices=("auto", "bar", "log", "quiet"),
+        default="auto",
+        help="bar on a terminal, log lines otherwise (auto)",
+    )
+    p.add_argument("--log-interval", type=_positive, default=30.0, help="seconds between progress log lines")
+    add_run_settings(p)
+    p.set_defaults(handler=cmd_run)
+
+
+def register_status(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("status", help="counts, spend and what is left in a results folder")
+    p.add_argument("output", help="a results folder written by `batch-runner run`")
+    p.add_argument("--json", action="store_true", help="print a JSON object for scripts")
+    p.set_defaults(handler=cmd_status)
+
+
+def _read_key(args: argparse.Namespace) -> str:
+    if args.api_key_file:
+        path = Path(args.api_key_file)
+        try:
+            key = path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise UsageError(f"--api-key-file {path}: cannot read it ({exc.strerror})")
+        if not key:
+            raise UsageError(f"--api-key-file {path} is empty; put the API key in it")
+        return key
+    key = os.environ.get(API_KEY_ENV, "").strip()
+    if not key:
+        raise UsageError(
+            f"no API key: set {API_KEY_ENV} or pass --api-key-file FILE (or try the job for free with --sandbox)"
+        )
+    return key
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from . import api_spec
+    from .cli import load
+    from .runner import Runner, RunOptions
+
+    job, settings = load(args)
+    sandbox = None
+    if args.sandbox:
+        if args.endpoint:
+            raise UsageError("--sandbox and --endpoint cannot be used together")
+        from .sandbox import Sandbox, SandboxConfig
+
+        sandbox = Sandbox(SandboxConfig(latency_s=1.0, jitter_s=0.3))
+        endpoint, key = sandbox.endpoint, sandbox.key
+        print(
+            f"SANDBOX: running against a local stand-in at {sandbox.url}. No credits are spent and the "
+            "images are placeholders.",
+            file=sys.stderr,
+        )
+    else:
+        endpoint, key = args.endpoint or api_spec.ENDPOINT, _read_key(args)
+    output = Path(args.output) if args.output else Path("outputs") / (job.name + ("-sandbox" if args.sandbox else ""))
+    options = RunOptions(
+        endpoint=endpoint,
+        api_key=key,
+        output=output,
+        settings=settings,
+        max_attempts=args.max_attempts,
+        timeout_s=args.timeout,
+        retry_failed=args.retry_failed,
+        sandbox=args.sandbox,
+        progress=args.progress,
+        log_interval_s=args.log_interval,
+        resume_command=_resume_command(args, output),
+    )
+    try:
+        report = Runner(job, options).run()
+    except AlreadyRunning as exc:
+        print(f"error: {exc}; wait for it to finish, or use another --output", file=sys.stderr)
+        return EXIT_LOCKED
+    finally:
+        if sandbox is not None:
+            sandbox.close()
+    print(report.message)
+    return report.exit_code
+
+
+def _resume_command(args: argparse.Namespace, output: Path) -> str:
+    argv = list(getattr(args, "argv", None) or sys.argv[1:])
+    if not args.output:
+        argv += ["--output", str(output)]
+    return shlex.join(["batch-runner", *argv])
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    out = OutputDir(Path(args.output))
+    if not out.exists():
+        raise UsageError(f"{args.output}: no run found here (no journal.jsonl or manifest.parquet)")
+    summary = summarize(out)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    c = summary["counts"]
+    flags = ", sandbox" if summary["sandbox"] else ""
+    print(
+        f"{summary['output']}  (job {summary['job']}, {summary['runs']} run(s), last {summary['last_run_at']}{flags})"
+    )
+    print(f"  items       {summary['items']:>8,}")
+    print(f"  succeeded   {c['succeeded']:>8,}")
+    print(f"  failed      {c['failed']:>8,}")
+    print(f"  pending     {c['pending']:>8,}")
+    if c["sent"]:
+        print(f"  sent        {c['sent']:>8,}   (no answer on record: may have been billed)")
+    print(f"  spent       {humanize.money(summary['spent_usd']):>8}")
+    print(f"  left        {summary['left']:>8,}   (~{humanize.money(summary['left_estimated_cost_usd'])})")
+    if summary["rate_limited"]:
+        print(f"  429s        {summary['rate_limited']:>8,}")
+    return 0

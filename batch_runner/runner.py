@@ -1,0 +1,477 @@
+"""Turn a plan into images: a bounded pool of workers, shared pacing, a journal of everything.
+
+Data flows one way: plan items → the shared gate (cooldown, rpm, budget) → one attempt
+(client.py) → journal → image on disk → manifest. Workers pull items from one shared iterator,
+so memory holds the items in flight, not one future per item.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import api_spec, humanize
+from .client import (
+    ApiError,
+    Client,
+    FatalApiError,
+    Generated,
+    ItemRejected,
+    OutOfCredits,
+    RateLimited,
+    TransientError,
+    check_image,
+)
+from .errors import UsageError
+from .items import Deduplicated, Item
+from .journal import Journal, Replay, replay
+from .manifest import Job
+from .output_dir import OutputDir
+from .policies import Budget, BudgetExhausted, Cooldown, RpmLimiter, Stopping, retrying
+from .progress import Progress
+from .results import write_manifest
+from .settings import Settings
+
+EXIT_OK, EXIT_FAILED, EXIT_BUDGET, EXIT_FATAL, EXIT_INTERRUPTED = 0, 1, 3, 4, 130
+
+
+@dataclass
+class RunOptions:
+    endpoint: str
+    api_key: str = field(repr=False)
+    output: Path
+    settings: Settings
+    max_attempts: int = 5
+    timeout_s: float = 120.0
+    retry_failed: bool = False
+    sandbox: bool = False
+    progress: str = "auto"  # auto | bar | log | quiet
+    log_interval_s: float = 30.0
+    resume_command: str = "batch-runner run JOB"
+    backoff_s: float = 1.0
+
+
+@dataclass
+class Tally:
+    """Counters the workers share; read by progress and the final report."""
+
+    succeeded: int = 0
+    failed: int = 0
+    spent: float = 0.0
+    in_flight: int = 0
+    rate_limited: int = 0
+    retries: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, **deltas: float) -> None:
+        with self.lock:
+            for name, delta in deltas.items():
+                setattr(self, name, getattr(self, name) + delta)
+
+
+@dataclass
+class _ItemProgress:
+    attempts: int
+    row: dict[str, Any] | None
+
+
+@dataclass
+class RunReport:
+    exit_code: int
+    stop_reason: str | None
+    message: str
+    total: int
+    todo: int
+    succeeded: int
+    failed: int
+    pending: int
+    spent_run: float
+    spent_total: float
+    unanswered: int
+    recovered: int
+
+
+class Runner:
+    def __init__(self, job: Job, options: RunOptions, log: Any = None):
+        self.job = job
+        self.options = options
+        self.settings = options.settings
+        self.out = OutputDir(options.output)
+        self.log = log or (lambda message: print(message, file=sys.stderr, flush=True))
+        self.stop_event = threading.Event()
+        self.stop_reason: str | None = None
+        self.stop_message = ""
+        self.tally = Tally()
+        self._stop_lock = threading.Lock()
+        self._items_lock = threading.Lock()
+        self._interrupts = 0
+
+    # ------------------------------------------------------------------ the run
+
+    def run(self) -> RunReport:
+        self.out.lock()
+        try:
+            return self._run_locked()
+        finally:
+            self.out.unlock()
+
+    def _run_locked(self) -> RunReport:
+        self.out.prepare()
+        removed = self.out.remove_partials()
+        if removed:
+            self.log(f"removed {removed} half-written file(s) left by an earlier crash")
+        history = replay(self.out.journal)
+        self._refuse_mixing(history)
+        journal = Journal(self.out.journal)
+        try:
+            recovered = self._adopt_saved_images(history, journal)
+            if recovered:
+                history = replay(self.out.journal)
+            total, todo, unanswered = self._count(history)
+            journal.run_started(
+                job=self.job.name, items=total, todo=todo, sandbox=self.options.sandbox, pid=os.getpid()
+            )
+            self.states = history.items
+            self._fold(history)
+            return self._send_all(journal, history, total, todo, unanswered, recovered)
+        finally:
+            journal.close()
+
+    def _refuse_mixing(self, history: Replay) -> None:
+        kinds = {bool(r.get("sandbox")) for r in history.runs}
+        if kinds and self.options.sandbox not in kinds:
+            what = "sandbox placeholders" if True in kinds else "real results"
+            raise UsageError(
+                f"{self.out.path} holds {what}; a {'sandbox' if self.options.sandbox else 'real'} run must not mix "
+                "with them. Choose another --output."
+            )
+
+    def _adopt_saved_images(self, history: Replay, journal: Journal) -> int:
+        """An image saved just before a crash, but not yet journaled as done, was paid for and
+        received: keep it rather than buy it again."""
+        adopted = 0
+        for item_id, state in history.items.items():
+            if state.status not in ("sent", "pending"):
+                continue
+            path = self.out.find_image(item_id)
+            if path is None or not state.row:
+                continue
+            try:
+                check_image(path.read_bytes(), api_spec.resolution_size(state.row.get("resolution")))
+            except TransientError:
+                path.unlink(missing_ok=True)
+                continue
+            journal.done(
+                item_id,
+                "succeeded",
+                n=state.attempts,
+                http=200,
+                cost=self.settings.price_per_image,
+                image_path=path.relative_to(self.out.path).as_posix(),
+                recovered=True,
+            )
+            adopted += 1
+        return adopted
+
+    def _wanted(self, state: Any) -> bool:
+        if state is None:
+            return True
+        if state.status == "succeeded":
+            return False
+        if state.status == "failed":
+            return self.options.retry_failed
+        return True
+
+    def _count(self, history: Replay) -> tuple[int, int, int]:
+        """One pass over the plan: how many items, how many still to send, and how many of
+        those were sent before with no answer on record (they may have been billed)."""
+        total = todo = unanswered = 0
+        for item in Deduplicated(self.job.iter_items()):
+            total += 1
+            state = history.items.get(item.item_id)
+            if self._wanted(state):
+                todo += 1
+                if state is not None and state.status == "sent":
+                    unanswered += 1
+        return total, todo, unanswered
+
+    def _todo(self) -> Iterator[Item]:
+        for item in Deduplicated(self.job.iter_items()):
+            if self._wanted(self.states.get(item.item_id)):
+                yield item
+
+    def _fold(self, history: Replay | None = None) -> None:
+        history = history or replay(self.out.journal)
+        write_manifest(self.out, Deduplicated(self.job.iter_items()), history, self.job.meta_columns)
+
+    def _send_all(
+        self, journal: Journal, history: Replay, total: int, todo: int, unanswered: int, recovered: int
+    ) -> RunReport:
+        s, o = self.settings, self.options
+        done_before = total - todo
+        self.log(
+            f"run {self.job.name}: {total:,} items, {todo:,} to send"
+            + (f", {done_before:,} already done" if done_before else "")
+            + f"; ~{humanize.money(todo * s.price_per_image)} at {humanize.price(s.price_per_image)} per image"
+            + f"; output {self.out.path}"
+        )
+        if recovered:
+            self.log(f"recovered {recovered} image(s) that arrived just before an earlier run stopped")
+        if unanswered:
+            self.log(
+                f"note: {unanswered} item(s) were sent by an earlier run that stopped before their answer; "
+                "they may have been billed, and will be sent again"
+            )
+        if todo == 0:
+            return self._report(total, todo, history, recovered, unanswered)
+
+        self.client = Client(
+            o.endpoint, o.api_key, pool_size=s.concurrency, timeout_s=o.timeout_s, price_per_image=s.price_per_image
+        )
+        self._check_credits(todo)
+        self.journal = journal
+        spent_before = history.spent + history.unanswered * s.price_per_image
+        self.budget = Budget(s.max_cost, spent_before, s.price_per_image)
+        self.cooldown = Cooldown(self.stop_event, base_s=o.backoff_s)
+        self.limiter = RpmLimiter(s.rpm, self.stop_event)
+        self._items = self._todo()
+        progress = Progress(todo, self.tally, mode=o.progress, interval_s=o.log_interval_s, log=self.log)
+        restore = self._install_signal_handlers()
+        workers = [
+            threading.Thread(target=self._worker, name=f"worker-{i}", daemon=True)
+            for i in range(min(s.concurrency, todo))
+        ]
+        try:
+            for worker in workers:
+                worker.start()
+            last_fold = time.monotonic()
+            fold_every = 60.0
+            for worker in workers:
+                while worker.is_alive():
+                    worker.join(0.25)
+                    progress.refresh()
+                    if time.monotonic() - last_fold > fold_every:
+                        started = time.monotonic()
+                        self._fold()
+                        last_fold = time.monotonic()
+                        fold_every = max(60.0, 20 * (last_fold - started))
+        finally:
+            restore()
+            progress.close()
+            self.client.close()
+        final = replay(self.out.journal)
+        self._fold(final)
+        return self._report(total, todo, final, recovered, unanswered)
+
+    def _check_credits(self, todo: int) -> None:
+        balance = self.client.credits()
+        need = todo * self.settings.price_per_image
+        if balance is not None and balance < need:
+            self.log(
+                f"warning: the account has {humanize.money(balance)} of credits; this run may need "
+                f"{humanize.money(need)}. It will stop cleanly when credits run out, and can be resumed."
+            )
+
+    # ------------------------------------------------------------------ workers
+
+    def _next_item(self) -> Item | None:
+        with self._items_lock:
+            if self.stop_event.is_set():
+                return None
+            return next(self._items, None)
+
+    def _worker(self) -> None:
+        while True:
+            item = self._next_item()
+            if item is None:
+                return
+            self._process(item)
+
+    def _process(self, item: Item) -> None:
+        state = self.states.get(item.item_id)
+        # The item's parameters go into the journal once, with its first request ever.
+        progress = _ItemProgress(state.attempts if state else 0, None if state and state.row else item.row())
+
+        def before_sleep(_: Any) -> None:
+            self.tally.add(retries=1)
+
+        policy = retrying(self.options.max_attempts, self.stop_event, self.options.backoff_s, before_sleep=before_sleep)
+        try:
+            generated, attempt, latency = policy(self._attempt, item, progress)
+        except OutOfCredits as exc:
+            reason = {"credits": "credits", "spend-limit": "spend-limit", "content-type": "content-type"}[exc.reason]
+            self._stop(reason, exc.message)
+        except FatalApiError as exc:
+            self._stop("fatal", f"HTTP {exc.http_status}: {exc.message}")
+        except BudgetExhausted:
+            self._stop("budget", "")
+        except Stopping:
+            pass
+        except ItemRejected as exc:
+            self._fail(item, exc)
+        except (TransientError, RateLimited) as exc:
+            if not self.stop_event.is_set():  # out of attempts, not cut short by a stop
+                self._fail(item, exc)
+        else:
+            self._succeed(item, generated, attempt, latency)
+
+    def _attempt(self, item: Item, progress: _ItemProgress) -> tuple[Generated, int, float]:
+        self.cooldown.wait()
+        self.limiter.acquire()
+        if self.stop_event.is_set():
+            raise Stopping()
+        reserved = self.budget.reserve()
+        progress.attempts += 1
+        attempt = progress.attempts
+        self.journal.sent(item.item_id, attempt, progress.row)
+        progress.row = None
+        self.tally.add(in_flight=1)
+        started = time.monotonic()
+        try:
+            generated = self.client.generate(item.params)
+        except ApiError as exc:
+            latency = time.monotonic() - started
+            # An attempt with no status line may still have been billed: count it against
+            # the budget as if it were, though the manifest records only known costs.
+            self.budget.settle(reserved, exc.cost if exc.answered else reserved)
+            self.journal.attempt(item.item_id, attempt, exc.http_status, exc.message, exc.cost, exc.answered, latency)
+            self.tally.add(in_flight=-1, spent=exc.cost)
+            if isinstance(exc, RateLimited):
+                until = self.cooldown.rate_limited(exc.retry_at)
+                self.limiter.defer(until)
+                self.tally.add(rate_limited=1)
+            raise
+        self.budget.settle(reserved, generated.cost)
+        self.cooldown.succeeded()
+        self.tally.add(in_flight=-1, spent=generated.cost)
+        return generated, attempt, time.monotonic() - started
+
+    def _succeed(self, item: Item, generated: Generated, attempt: int, latency: float) -> None:
+        # The image is durable on disk before the journal calls the item done.
+        image_path = self.out.save_image(item.item_id, generated.image, generated.extension)
+        self.journal.done(
+            item.item_id,
+            "succeeded",
+            n=attempt,
+            http=200,
+            http_status=200,
+            error=None,
+            cost=generated.cost,
+            latency=round(latency, 4),
+            image_path=image_path,
+            seed_value=generated.seed_value,
+            request_id=generated.request_id,
+            remaining_credits=generated.remaining_credits,
+        )
+        self.tally.add(succeeded=1)
+
+    def _fail(self, item: Item, exc: ApiError) -> None:
+        self.journal.done(item.item_id, "failed", error=exc.message, http_status=exc.http_status)
+        self.tally.add(failed=1)
+
+    # ------------------------------------------------------------------ stopping
+
+    def _stop(self, reason: str, message: str) -> None:
+        with self._stop_lock:
+            if self.stop_reason is None:
+                self.stop_reason, self.stop_message = reason, message
+        self.stop_event.set()
+
+    def _install_signal_handlers(self):
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+
+        def on_signal(signum: int, frame: Any) -> None:
+            self._interrupts += 1
+            if self._interrupts >= 2:
+                # Everything finished so far is on disk already (journal and images are
+                # written synchronously), so leaving now corrupts nothing.
+                self.log("second interrupt: exiting now; requests in flight are abandoned")
+                os._exit(EXIT_INTERRUPTED)
+            name = signal.Signals(signum).name
+            self.log(
+                f"{name}: stopping after the {self.tally.in_flight} request(s) in flight; Ctrl-C again to quit now"
+            )
+            self._stop("interrupted", name)
+
+        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+        def restore() -> None:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+        return restore
+
+    # ------------------------------------------------------------------ report
+
+    def _report(self, total: int, todo: int, final: Replay, recovered: int, unanswered: int) -> RunReport:
+        counts = {"succeeded": 0, "failed": 0}
+        for item in Deduplicated(self.job.iter_items()):
+            state = final.items.get(item.item_id)
+            if state is not None and state.status in counts:
+                counts[state.status] += 1
+        pending = total - counts["succeeded"] - counts["failed"]
+        reason = self.stop_reason
+        if reason in ("credits", "spend-limit", "content-type", "budget"):
+            code = EXIT_BUDGET
+        elif reason == "fatal":
+            code = EXIT_FATAL
+        elif reason == "interrupted":
+            code = EXIT_INTERRUPTED
+        else:
+            code = EXIT_FAILED if counts["failed"] else EXIT_OK
+        report = RunReport(
+            exit_code=code,
+            stop_reason=reason,
+            message="",
+            total=total,
+            todo=todo,
+            succeeded=counts["succeeded"],
+            failed=counts["failed"],
+            pending=pending,
+            spent_run=self.tally.spent,
+            spent_total=final.spent,
+            unanswered=unanswered,
+            recovered=recovered,
+        )
+        report.message = self._describe(report)
+        return report
+
+    def _describe(self, r: RunReport) -> str:
+        lines = []
+        headline = {
+            None: "done",
+            "credits": f"stopped: the account is out of credits (406: {self.stop_message})",
+            "spend-limit": f"stopped: the team's spend limit is reached (406: {self.stop_message})",
+            "content-type": f"stopped: the server rejected the request's content type (406: {self.stop_message}); "
+            "a proxy may be rewriting requests",
+            "budget": f"stopped: the next request could take spending past --max-cost "
+            f"{humanize.money(self.settings.max_cost or 0)}",
+            "fatal": f"stopped: the API refused the configuration ({self.stop_message}); "
+            "check the key, its permissions and --endpoint",
+            "interrupted": f"stopped: interrupted ({self.stop_message})",
+        }[r.stop_reason]
+        lines.append(headline)
+        lines.append(
+            f"  {r.succeeded:,} of {r.total:,} succeeded, {r.failed:,} failed, {r.pending:,} pending; "
+            f"spent {humanize.money(r.spent_run)} this run, {humanize.money(r.spent_total)} in all"
+        )
+        lines.append(f"  results: {self.out.manifest}")
+        if r.failed and r.stop_reason is None:
+            lines.append("  failed items are retried only with --retry-failed")
+        if r.stop_reason is not None and r.pending:
+            what = {
+                "credits": "add credits, then resume with",
+                "spend-limit": "raise the team's spend limit, then resume with",
+                "budget": "raise --max-cost, then resume with",
+                "fatal": "fix the configuration, then resume with",
+            }.get(r.stop_reason, "resume with")
+            lines.append(f"  nothing is lost; {what}:\n    {self.options.resume_command}")
+        return "\n".join(lines)
