@@ -184,7 +184,9 @@ def summarize(out: OutputDir, price_per_image: float = api_spec.PRICE_PER_IMAGE)
         "unanswered_attempts": journal.unanswered,
         "rate_limited": sum(s.rate_limited for s in journal.items.values()),
         "runs": len(runs),
-        "last_run_at": _timestamp(runs[-1].get("at")).isoformat() if runs else None,
+        "last_run_at": _timestamp(runs[-1].get("at")).isoformat(timespec="seconds").replace("+00:00", "Z")
+        if runs
+        else None,
         "sandbox": bool(runs and runs[-1].get("sandbox")),
         "torn_journal_lines": journal.torn_lines,
     }

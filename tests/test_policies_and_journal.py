@@ -1,0 +1,148 @@
+"""Unit tests of the pieces the end-to-end runner tests cannot isolate."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+from email.utils import format_datetime
+
+import pytest
+
+from batch_runner.client import RateLimited, TransientError, retry_at_from
+from batch_runner.journal import Journal, replay
+from batch_runner.policies import Budget, BudgetExhausted, Cooldown, RpmLimiter, retrying
+from batch_runner.sandbox import Sandbox, SandboxConfig
+from tests.runner_helpers import FAKE_KEY, manifest, manifest_frame, run
+
+
+def test_retry_after_in_seconds_http_date_iso_and_epoch():
+    now = 1000.0
+    assert retry_at_from({"Retry-After": "7"}, now) == pytest.approx(1007.0)
+    http_date = format_datetime(datetime.now(timezone.utc) + timedelta(seconds=30), usegmt=True)
+    assert retry_at_from({"Retry-After": http_date}, now) == pytest.approx(1030.0, abs=1.5)
+    iso = (datetime.now(timezone.utc) + timedelta(seconds=12)).isoformat().replace("+00:00", "Z")
+    assert retry_at_from({"x-rate-limit-reset-at-utc": iso}, now) == pytest.approx(1012.0, abs=0.5)
+    epoch = str(time.time() + 5)
+    assert retry_at_from({"x-rate-limit-reset-at-utc": epoch}, now) == pytest.approx(1005.0, abs=0.5)
+    assert retry_at_from({}, now) is None
+    assert retry_at_from({"Retry-After": "soon"}, now) is None
+    past = (datetime.now(timezone.utc) - timedelta(seconds=60)).isoformat()
+    assert retry_at_from({"x-rate-limit-reset-at-utc": past}, now) == pytest.approx(now)
+
+
+def test_429s_do_not_use_up_attempts_but_other_failures_do():
+    stop = threading.Event()
+    calls: list[str] = []
+    outcomes = iter(["429", "429", "429", "500", "500", "ok"])
+
+    def attempt() -> str:
+        outcome = next(outcomes)
+        calls.append(outcome)
+        if outcome == "429":
+            raise RateLimited("slow down", retry_at=None)
+        if outcome == "500":
+            raise TransientError("boom", 500)
+        return outcome
+
+    assert retrying(3, stop, backoff_s=0.001)(attempt) == "ok"
+    assert calls == ["429", "429", "429", "500", "500", "ok"]
+
+    failing = iter(["500"] * 5)
+
+    def always_500() -> None:
+        next(failing)
+        raise TransientError("boom", 500)
+
+    with pytest.raises(TransientError):
+        retrying(2, stop, backoff_s=0.001)(always_500)
+    assert len(list(failing)) == 3  # two attempts used, three left unused
+
+
+def test_budget_counts_reservations_in_flight():
+    budget = Budget(max_cost=0.2, spent=0.0, price=0.063)
+    held = [budget.reserve() for _ in range(3)]
+    with pytest.raises(BudgetExhausted):
+        budget.reserve()
+    budget.settle(held[0], 0.0)  # that request was not billed: its money is free again
+    budget.reserve()
+
+
+def test_cooldown_uses_the_latest_reset_and_jitter_when_none_is_given():
+    stop = threading.Event()
+    cooldown = Cooldown(stop, base_s=0.05, cap_s=1.0)
+    now = time.monotonic()
+    assert cooldown.rate_limited(now + 0.2) == pytest.approx(now + 0.2)
+    assert cooldown.rate_limited(now + 0.1) == pytest.approx(now + 0.2)  # never shortened
+    started = time.monotonic()
+    cooldown.wait()
+    assert time.monotonic() >= now + 0.2 - 0.01 and time.monotonic() - started < 1.0
+    until = cooldown.rate_limited(None)
+    assert time.monotonic() <= until <= time.monotonic() + 1.0
+
+
+def test_rpm_limiter_spaces_sends():
+    limiter = RpmLimiter(rpm=600, stop=threading.Event())
+    stamps = []
+    for _ in range(4):
+        limiter.acquire()
+        stamps.append(time.monotonic())
+    gaps = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
+    assert all(gap >= 0.099 for gap in gaps)
+
+
+def test_a_torn_last_line_is_skipped_and_the_next_event_starts_clean(tmp_path):
+    path = tmp_path / "journal.jsonl"
+    journal = Journal(path)
+    journal.sent("a", 1, {"prompt": "x"})
+    journal.done("a", "succeeded", n=1, cost=0.063, image_path="images/a.jpg")
+    journal.close()
+    with path.open("ab") as f:
+        f.write(b'{"e":"sent","id":"b","n":1')  # the process died mid-write
+    state = replay(path)
+    assert state.torn_lines == 1 and set(state.items) == {"a"}
+    journal = Journal(path)
+    journal.sent("c", 1, None)
+    journal.close()
+    state = replay(path)
+    assert set(state.items) == {"a", "c"} and state.items["c"].status == "sent"
+    assert state.items["a"].cost_usd == pytest.approx(0.063) and state.spent == pytest.approx(0.063)
+
+
+def test_sent_without_answer_counts_as_possibly_billed(tmp_path):
+    path = tmp_path / "journal.jsonl"
+    journal = Journal(path)
+    journal.sent("x", 1, {"prompt": "p"})
+    journal.close()
+    assert replay(path).unanswered == 1
+
+
+def test_an_image_saved_just_before_a_crash_is_adopted_not_bought_again(tmp_path):
+    with Sandbox(SandboxConfig(keys=(FAKE_KEY,))) as sb:
+        job, out = manifest(tmp_path, ["kept", "other"]), tmp_path / "out"
+        assert run(job, out, sb).returncode == 0
+        kept = manifest_frame(out).set_index("prompt").loc["kept"]
+        # Rewind the journal to the instant after the image was renamed into place but
+        # before its 'done' line was written.
+        lines = (out / "journal.jsonl").read_text().splitlines()
+        cut = [line for line in lines if not (json.loads(line)["e"] == "done" and kept.item_id in line)]
+        (out / "journal.jsonl").write_text("\n".join(cut) + "\n")
+        (out / "manifest.parquet").unlink()
+        received = sb.stats()["received"]
+
+        again = run(job, out, sb)
+        assert again.returncode == 0 and "recovered 1 image" in again.stderr
+        assert sb.stats()["received"] == received
+        assert manifest_frame(out).set_index("prompt").loc["kept", "status"] == "succeeded"
+
+
+def test_a_half_written_image_is_never_taken_for_a_result(tmp_path):
+    with Sandbox(SandboxConfig(keys=(FAKE_KEY,))) as sb:
+        job, out = manifest(tmp_path, ["only"]), tmp_path / "out"
+        (out / "images").mkdir(parents=True)
+        partial = out / "images" / ".deadbeef.jpg.partial"
+        partial.write_bytes(b"\xff\xd8 half an image")
+        assert run(job, out, sb).returncode == 0
+        assert not partial.exists()
+        assert [p.name for p in (out / "images").iterdir()] == [manifest_frame(out).iloc[0].image_path.split("/")[1]]
