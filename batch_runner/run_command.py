@@ -84,7 +84,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise UsageError("--sandbox and --endpoint cannot be used together")
         from .sandbox import Sandbox, SandboxConfig
 
-        sandbox = Sandbox(SandboxConfig(latency_s=1.0, jitter_s=0.3))
+        # A balance no example job exhausts: the sandbox is for trying a job, not for budgeting.
+        sandbox = Sandbox(SandboxConfig(latency_s=1.0, jitter_s=0.3, credits=10_000.0))
         endpoint, key = sandbox.endpoint, sandbox.key
         print(
             f"SANDBOX: running against a local stand-in at {sandbox.url}. No credits are spent and the "

@@ -306,8 +306,7 @@ class Runner:
         try:
             generated, attempt, latency = policy(self._attempt, item, progress)
         except OutOfCredits as exc:
-            reason = {"credits": "credits", "spend-limit": "spend-limit", "content-type": "content-type"}[exc.reason]
-            self._stop(reason, exc.message)
+            self._stop(exc.reason, exc.message)
         except FatalApiError as exc:
             self._stop("fatal", f"HTTP {exc.http_status}: {exc.message}")
         except BudgetExhausted:
@@ -419,9 +418,9 @@ class Runner:
                 counts[state.status] += 1
         pending = total - counts["succeeded"] - counts["failed"]
         reason = self.stop_reason
-        if reason in ("credits", "spend-limit", "content-type", "budget"):
+        if reason in ("credits", "spend-limit", "budget"):
             code = EXIT_BUDGET
-        elif reason == "fatal":
+        elif reason in ("fatal", "content-type"):  # a proxy or client fault, not money
             code = EXIT_FATAL
         elif reason == "interrupted":
             code = EXIT_INTERRUPTED

@@ -204,6 +204,17 @@ def test_406_for_a_spend_limit_says_so(tmp_path):
         assert result.returncode == 3 and "spend limit" in result.stdout
 
 
+@pytest.mark.parametrize(
+    "kind, code, phrase",
+    [("406-spend-limit", 3, "spend limit is reached"), ("406-content-type", 4, "rejected the request's content type")],
+)
+def test_each_kind_of_406_says_which_it_is(tmp_path, sandbox, kind, code, phrase):
+    prompts = [f"[sandbox:fail={kind}] first"] + [f"after {i}" for i in range(5)]
+    result = run(manifest(tmp_path, prompts), tmp_path / "out", sandbox, "--concurrency", "1")
+    assert result.returncode == code and phrase in result.stdout
+    assert sandbox.stats()["received"] == 1
+
+
 def test_max_cost_is_never_exceeded_counting_requests_in_flight(tmp_path):
     with sandbox_with(latency_s=0.2) as sb:
         out = tmp_path / "out"

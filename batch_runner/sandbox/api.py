@@ -6,7 +6,8 @@ the server saw and billed, e.g. "no item was billed twice".
 
 Tests can force an outcome for one item by putting a directive in its prompt:
 
-    [sandbox:fail=CODE]        always answer CODE (400, 401, 403, 404, 406, 410, 422, 429, 500, 502, 504)
+    [sandbox:fail=CODE]        always answer CODE (400, 401, 403, 404, 406, 410, 422, 429, 500, 502, 504;
+                               406-content-type and 406-spend-limit for those kinds of 406)
     [sandbox:fail-once=CODE]   answer CODE the first time this exact body arrives, then succeed
     [sandbox:fault=KIND]       always: slow (trickled body), drop (connection cut mid-body),
                                broken (corrupt JPEG), wrong-size (image of another size), unsafe
@@ -278,8 +279,8 @@ class SandboxApi:
             return _error(400, "; ".join(problems))
 
         forced = self._directive(params, seen_before)
-        if forced and forced.isdigit():
-            return self._forced_status(int(forced))
+        if forced and forced[:3].isdigit():
+            return self._forced_status(forced)
 
         with self._lock:
             if self.config.spend_limit is not None and self._spent + self.config.price > self.config.spend_limit + 1e-9:
@@ -340,10 +341,14 @@ class SandboxApi:
             headers["Retry-After"] = str(max(1, math.ceil(wait)))
         return _error(429, "Rate limit exceeded", headers=headers)
 
-    def _forced_status(self, status: int) -> Reply:
-        if status == 429:
+    def _forced_status(self, value: str) -> Reply:
+        if value == "429":
             return self._rate_limited(time.monotonic() + 1.0)
-        return _error(status)
+        if value == "406-content-type":
+            return _error(406, "Invalid content type")
+        if value == "406-spend-limit":
+            return _error(406, "Team spend limit reached")
+        return _error(int(value[:3]))
 
     def _directive(self, params: dict[str, Any], seen_before: int) -> str | None:
         for name, value in _DIRECTIVE.findall(str(params.get("prompt", ""))):
