@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
 from batch_runner.items import item_id_for
+from batch_runner.journal import replay
 from batch_runner.sandbox import V1_PATH, Sandbox, SandboxConfig
 from tests.conftest import run_cli
 from tests.runner_helpers import (
@@ -185,6 +190,7 @@ def test_406_stops_cleanly_nothing_sent_after_and_resume_finishes(tmp_path):
         assert result.returncode == 3, result.stderr
         assert "out of credits" in result.stdout and "Insufficient credits" in result.stdout
         assert "add credits, then resume with:" in result.stdout and "batch-runner run" in result.stdout
+        assert "warning: the account has $0.33 of credits; this run may need $1.26" in result.stderr
         log = sb.stats()["log"]
         first_406 = min(e["ended"] for e in log if e["status"] == 406)
         assert [e for e in log if e["started"] > first_406] == []
@@ -318,6 +324,42 @@ def test_sigint_stops_gracefully_with_exit_130_then_resumes(tmp_path):
         # Everything in flight was let finish: nothing was billed that is not on record.
         assert sb.stats()["billed"] == (frame.status == "succeeded").sum()
         assert run(job, out, sb, "--concurrency", "3").returncode == 0
+
+
+def test_a_second_sigint_exits_at_once_without_corrupting_anything(tmp_path):
+    with sandbox_with(latency_s=1.5) as sb:
+        job, out = manifest(tmp_path, [f"impatient {i}" for i in range(12)]), tmp_path / "out"
+        proc = start(job, out, sb, "--concurrency", "2")
+        wait_for(lambda: any(e["path"] == V1_PATH for e in sb.stats()["log"]))
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=10)
+        assert proc.returncode == 130 and "second interrupt" in stderr
+        assert replay(out / "journal.jsonl").torn_lines == 0
+        assert len(manifest_frame(out)) == 12  # the manifest on disk is whole
+        assert run(job, out, sb, "--concurrency", "4").returncode == 0
+        assert set(manifest_frame(out).status) == {"succeeded"}
+
+
+def test_metadata_loads_as_a_hugging_face_imagefolder(tmp_path, sandbox):
+    out = tmp_path / "out"
+    prompts = ["hf one", "hf two", "[sandbox:fail=400] not in the dataset"]
+    run(manifest(tmp_path, prompts, extra="  style_type: [ANIME, DESIGN]\n"), out, sandbox)
+    code = (
+        "import json, sys\n"
+        "from datasets import load_dataset\n"
+        "ds = load_dataset('imagefolder', data_dir=sys.argv[1], split='train')\n"
+        "print(json.dumps({'rows': len(ds), 'size': list(ds[0]['image'].size),"
+        " 'texts': sorted(set(ds['text'])), 'styles': sorted(set(ds['style_type']))}))\n"
+    )
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(out)], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    loaded = json.loads(result.stdout.strip().splitlines()[-1])
+    assert loaded == {"rows": 4, "size": [512, 1536], "texts": ["hf one", "hf two"], "styles": ["ANIME", "DESIGN"]}
 
 
 def test_a_second_run_on_the_same_output_is_refused_and_the_lock_survives_no_kill(tmp_path):
