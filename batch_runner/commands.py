@@ -5,7 +5,15 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
+from .report_command import register_export, register_recipe, register_report
 from .run_command import register_run, register_status
 from .sandbox_command import register as register_sandbox
 
-REGISTER: list[Callable[[argparse._SubParsersAction], None]] = [register_run, register_status, register_sandbox]
+REGISTER: list[Callable[[argparse._SubParsersAction], None]] = [
+    register_run,
+    register_status,
+    register_report,
+    register_export,
+    register_recipe,
+    register_sandbox,
+]

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import api_spec, humanize
+from . import api_spec, humanize, recipe
 from .client import (
     ApiError,
     Client,
@@ -353,8 +353,11 @@ class Runner:
         return generated, attempt, time.monotonic() - started
 
     def _succeed(self, item: Item, generated: Generated, attempt: int, latency: float) -> None:
-        # The image is durable on disk before the journal calls the item done.
-        image_path = self.out.save_image(item.item_id, generated.image, generated.extension)
+        # The image carries its own recipe, and is durable on disk before the journal calls
+        # the item done.
+        card = recipe.make(item.item_id, item.params, item.meta, self.job.name, generated.seed_value)
+        image = recipe.embed(generated.image, generated.extension, card)
+        image_path = self.out.save_image(item.item_id, image, generated.extension)
         self.journal.done(
             item.item_id,
             "succeeded",

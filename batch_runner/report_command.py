@@ -1,0 +1,98 @@
+"""`batch-runner report`, `batch-runner export` and `batch-runner recipe`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .errors import UsageError
+
+
+def _results(path: str):
+    from .summaries import load
+
+    try:
+        return load(path)
+    except FileNotFoundError as exc:
+        raise UsageError(str(exc))
+
+
+def register_report(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="contact sheets and an HTML report of a run (or --csv summaries)")
+    p.add_argument("output", help="a results folder written by `batch-runner run`")
+    p.add_argument("--rows", help="axis or metadata column for sheet rows (default prompt)")
+    p.add_argument("--cols", help="axis or metadata column for sheet columns (default style_type)")
+    p.add_argument(
+        "--group",
+        action="append",
+        help="one sheet per value of this column (repeatable; default: every other axis that varies)",
+    )
+    p.add_argument("--csv", action="store_true", help="also write the summaries as CSV files in OUTPUT/report/")
+    p.set_defaults(handler=cmd_report)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import choose_layout, contact_sheets, html_report, write_csv
+
+    results = _results(args.output)
+    layout = choose_layout(results, args.rows, args.cols, args.group)
+    folder = results.path / "report"
+    sheets = contact_sheets(results, folder / "sheets", layout)
+    index = html_report(results, folder, sheets)
+    print(
+        f"{len(sheets)} contact sheet(s) in {folder / 'sheets'} ({layout.rows} × {layout.cols or '—'}"
+        + (f", one set per {', '.join(layout.group)}" if layout.group else "")
+        + ")"
+    )
+    print(f"report: {index}")
+    if args.csv:
+        for path in write_csv(results, folder):
+            print(f"csv: {path}")
+    return 0
+
+
+def register_export(sub: argparse._SubParsersAction) -> None:
+    from .cli import _positive_int
+
+    p = sub.add_parser("export", help="write succeeded items as a dataset (imagefolder or WebDataset)")
+    p.add_argument("output", help="a results folder written by `batch-runner run`")
+    p.add_argument("--format", choices=("imagefolder", "webdataset"), required=True)
+    p.add_argument("--to", required=True, help="the dataset folder; exporting again adds only new items")
+    p.add_argument("--shard-size", type=_positive_int, default=1000, help="samples per WebDataset shard")
+    p.set_defaults(handler=cmd_export)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import to_imagefolder, to_webdataset
+
+    results = _results(args.output)
+    to = Path(args.to)
+    if args.format == "imagefolder":
+        done = to_imagefolder(results, to)
+    else:
+        done = to_webdataset(results, to, args.shard_size)
+    print(f"exported {done.added} new item(s) to {to} ({args.format}); {done.skipped} were there already")
+    return 0
+
+
+def register_recipe(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("recipe", help="print the one-item manifest an image carries")
+    p.add_argument("image", help="an image written by `batch-runner run`")
+    p.set_defaults(handler=cmd_recipe)
+
+
+def cmd_recipe(args: argparse.Namespace) -> int:
+    from . import recipe
+
+    path = Path(args.image)
+    try:
+        card = recipe.read(path)
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no such file")
+    except OSError as exc:
+        raise UsageError(f"{path}: not a readable image ({exc})")
+    if card is None:
+        raise UsageError(f"{path} carries no batch-runner recipe (was it made by `batch-runner run`?)")
+    sys.stdout.write(recipe.as_manifest(card, str(path)))
+    return 0

@@ -1,0 +1,143 @@
+"""A run's results as pandas DataFrames: the items, and the summaries a sweep is judged by.
+
+>>> import batch_runner
+>>> results = batch_runner.load("outputs/quickstart")
+>>> results.spend_by_axis.query("axis == 'style_type'")
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from . import api_spec
+from .output_dir import OutputDir
+from .results import STATE_COLUMNS, current_frame
+
+_STATUSES = ("succeeded", "failed", "pending", "sent")
+
+
+@dataclass
+class RunResults:
+    path: Path
+    items: pd.DataFrame  # one row per item, as in manifest.parquet (with the journal's latest)
+    axes: list[str]  # parameters and metadata columns that vary across the items
+    totals: pd.DataFrame  # metric, value
+    by_status: pd.DataFrame  # status, items
+    spend_by_axis: pd.DataFrame  # axis, value, items, succeeded, failed, spend_usd
+    latency: pd.DataFrame  # scope, n, p50_s, p95_s, mean_s
+    failures: pd.DataFrame  # reason, items
+
+    def tables(self) -> dict[str, pd.DataFrame]:
+        """The summaries by name, as `report --csv` writes them."""
+        return {
+            "totals": self.totals,
+            "by_status": self.by_status,
+            "spend_by_axis": self.spend_by_axis,
+            "latency": self.latency,
+            "failures": self.failures,
+        }
+
+
+def meta_columns(frame: pd.DataFrame) -> list[str]:
+    fixed = {"item_id", *api_spec.PARAMETERS, *STATE_COLUMNS}
+    return [c for c in frame.columns if c not in fixed]
+
+
+def varying_axes(frame: pd.DataFrame) -> list[str]:
+    candidates = [*api_spec.PARAMETERS, *meta_columns(frame)]
+    return [c for c in candidates if c in frame.columns and frame[c].nunique(dropna=True) > 1]
+
+
+def load(path: str | Path) -> RunResults:
+    """Everything a results folder knows, as DataFrames."""
+    out = OutputDir(Path(path))
+    if not out.exists():
+        raise FileNotFoundError(f"{path}: no run found (no journal.jsonl or manifest.parquet)")
+    items = current_frame(out)
+    items["status"] = items["status"].fillna("pending")
+    for column in ("cost_usd", "latency_s"):
+        items[column] = pd.to_numeric(items[column], errors="coerce")
+    for column in ("attempts", "rate_limited", "unanswered"):
+        items[column] = pd.to_numeric(items[column], errors="coerce").fillna(0).astype(int)
+    axes = varying_axes(items)
+    return RunResults(
+        path=out.path,
+        items=items,
+        axes=axes,
+        totals=_totals(items),
+        by_status=_by_status(items),
+        spend_by_axis=_spend_by_axis(items, axes),
+        latency=_latency(items, axes),
+        failures=_failures(items),
+    )
+
+
+def _totals(items: pd.DataFrame) -> pd.DataFrame:
+    finished = items[items.status.isin(["succeeded", "failed"])]
+    ok = items[items.status == "succeeded"].latency_s.dropna()
+    rows = [
+        ("items", len(items)),
+        *[(status, int((items.status == status).sum())) for status in _STATUSES],
+        ("spend_usd", round(float(items.cost_usd.fillna(0).sum()), 6)),
+        ("attempts", int(items.attempts.sum())),
+        ("retries", int((finished.attempts - 1).clip(lower=0).sum())),
+        ("rate_limited_429s", int(items.rate_limited.sum())),
+        ("unanswered_attempts", int(items.unanswered.sum())),
+        ("latency_p50_s", round(float(ok.quantile(0.5)), 3) if len(ok) else None),
+        ("latency_p95_s", round(float(ok.quantile(0.95)), 3) if len(ok) else None),
+    ]
+    return pd.DataFrame({"metric": [m for m, _ in rows], "value": pd.Series([v for _, v in rows], dtype=object)})
+
+
+def _by_status(items: pd.DataFrame) -> pd.DataFrame:
+    counts = items.status.value_counts()
+    return pd.DataFrame({"status": list(_STATUSES), "items": [int(counts.get(s, 0)) for s in _STATUSES]})
+
+
+def _spend_by_axis(items: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
+    frames = []
+    for axis in axes:
+        grouped = items.groupby(items[axis].astype("string").fillna("(none)"), sort=False)
+        frame = pd.DataFrame(
+            {
+                "items": grouped.size(),
+                "succeeded": grouped.status.apply(lambda s: int((s == "succeeded").sum())),
+                "failed": grouped.status.apply(lambda s: int((s == "failed").sum())),
+                "spend_usd": grouped.cost_usd.sum().round(6),
+            }
+        ).reset_index(names="value")
+        frame.insert(0, "axis", axis)
+        frames.append(frame)
+    columns = ["axis", "value", "items", "succeeded", "failed", "spend_usd"]
+    return pd.concat(frames, ignore_index=True)[columns] if frames else pd.DataFrame(columns=columns)
+
+
+def _latency(items: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
+    ok = items[(items.status == "succeeded") & items.latency_s.notna()]
+    rows = [_latency_row("all", ok.latency_s)]
+    for axis in axes:
+        if ok[axis].nunique() <= 20:
+            for value, group in ok.groupby(ok[axis].astype("string"), sort=False):
+                rows.append(_latency_row(f"{axis}={value}", group.latency_s))
+    return pd.DataFrame(rows, columns=["scope", "n", "p50_s", "p95_s", "mean_s"])
+
+
+def _latency_row(scope: str, values: pd.Series) -> tuple:
+    if not len(values):
+        return (scope, 0, None, None, None)
+    return (
+        scope,
+        int(len(values)),
+        round(float(values.quantile(0.5)), 3),
+        round(float(values.quantile(0.95)), 3),
+        round(float(values.mean()), 3),
+    )
+
+
+def _failures(items: pd.DataFrame) -> pd.DataFrame:
+    failed = items[items.status == "failed"]
+    counts = failed.error.fillna("(no message)").value_counts()
+    return pd.DataFrame({"reason": counts.index.astype(str), "items": counts.values.astype(int)})
