@@ -11,6 +11,8 @@ import base64
 import binascii
 import io
 import json
+import socket
+import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -18,6 +20,7 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 
 import requests
+import urllib3
 from PIL import Image
 
 from . import api_spec
@@ -141,6 +144,19 @@ def _reason_406(message: str) -> str:
     return "credits"
 
 
+def _cut(response: requests.Response) -> None:
+    # urllib3 keeps the socket on its connection object; shutdown (unlike close) wakes a
+    # thread blocked in recv on it.
+    sock = getattr(getattr(response.raw, "_connection", None), "sock", None)
+    try:
+        if sock is not None:
+            sock.shutdown(socket.SHUT_RDWR)
+        else:
+            response.close()
+    except OSError:
+        pass
+
+
 def check_image(data: bytes, size: tuple[int, int]) -> str:
     """The file extension for a decodable image of exactly `size`; TransientError otherwise."""
     try:
@@ -243,18 +259,24 @@ class Client:
         return self.price_per_image if cost is None else cost
 
     def _read(self, response: requests.Response, deadline: float, billed: float) -> bytes:
-        """The whole body, within the overall deadline: a read timeout is per socket read, so
-        a body trickling in one byte at a time would otherwise hold a worker for ever."""
+        """The whole body, within the overall deadline.
+
+        A read timeout bounds each socket read, not the body: a server trickling a byte at a
+        time would hold a worker for ever. So a timer cuts the connection at the deadline,
+        which makes the blocked read fail at once."""
+        watchdog = threading.Timer(max(0.0, deadline - time.monotonic()), _cut, args=(response,))
+        watchdog.daemon = True
+        watchdog.start()
         chunks = []
         try:
-            for chunk in response.iter_content(_CHUNK):
+            while chunk := response.raw.read1(_CHUNK, decode_content=True):
                 chunks.append(chunk)
-                if time.monotonic() > deadline:
-                    raise TransientError(
-                        f"the body took longer than {self.timeout_s:g} s", response.status_code, billed
-                    )
-        except requests.RequestException as exc:
+        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
+            if time.monotonic() >= deadline:
+                raise TransientError(f"the body took longer than {self.timeout_s:g} s", response.status_code, billed)
             raise TransientError(f"the connection broke mid-body ({type(exc).__name__})", response.status_code, billed)
+        finally:
+            watchdog.cancel()
         return b"".join(chunks)
 
     def _image_bytes(self, response: requests.Response, body: bytes, deadline: float, billed: float) -> bytes:

@@ -269,11 +269,12 @@ def test_dropped_connection_is_retried(tmp_path, sandbox):
 
 
 def test_a_trickling_body_hits_the_overall_deadline(tmp_path):
-    with sandbox_with(slow_s=4.0) as sb:
+    # The body trickles in over a minute; the run must give up after --timeout 1, well
+    # inside the 30 s this test allows (a per-read timeout alone would wait the minute out).
+    with sandbox_with(slow_s=60.0) as sb:
         out = tmp_path / "out"
-        result = run(
-            manifest(tmp_path, ["[sandbox:fault=slow] drip"]), out, sb, "--timeout", "1", "--max-attempts", "1"
-        )
+        job = manifest(tmp_path, ["[sandbox:fault=slow] drip"])
+        result = run(job, out, sb, "--timeout", "1", "--max-attempts", "1", timeout=30)
         assert result.returncode == 1
         assert "longer than 1 s" in manifest_frame(out).iloc[0].error
 
