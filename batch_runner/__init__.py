@@ -3,8 +3,16 @@
 from .errors import ManifestError, Problem
 from .items import Item
 from .manifest import Job, load_job
-from .summaries import RunResults, load
 
 __version__ = "0.1.0"
 
 __all__ = ["Item", "Job", "ManifestError", "Problem", "RunResults", "load", "load_job", "__version__"]
+
+
+def __getattr__(name: str):
+    # load() needs pandas; importing it lazily keeps `batch-runner plan` quick to start.
+    if name in ("load", "RunResults"):
+        from . import summaries
+
+        return getattr(summaries, name)
+    raise AttributeError(f"module 'batch_runner' has no attribute {name!r}")

@@ -9,19 +9,11 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from . import __version__, humanize
+from . import __version__, exit_codes, humanize
 from .errors import ManifestError, UsageError
 from .manifest import Job, RunSettings, load_job
 from .plan import ItemsWriter, Plan, build_plan
 from .settings import Settings, resolve
-
-EXIT_OK = 0
-EXIT_FAILED_ITEMS = 1
-EXIT_USAGE = 2
-EXIT_BUDGET = 3
-EXIT_FATAL_API = 4
-EXIT_INTERNAL = 70
-EXIT_INTERRUPTED = 130
 
 
 def _positive_int(text: str) -> int:
@@ -93,7 +85,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         print(render_plan(plan))
         if args.items:
             print(f"\nwrote {plan.items:,} items to {args.items}")
-    return EXIT_OK
+    return exit_codes.OK
 
 
 def render_plan(plan: Plan) -> str:
@@ -171,17 +163,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: the job cannot be planned ({count} problem{'s' * (count != 1)}):", file=sys.stderr)
         for problem in exc.problems:
             print(f"  {problem}", file=sys.stderr)
-        return EXIT_USAGE
+        return exit_codes.USAGE
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return exit_codes.USAGE
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return exit_codes.INTERRUPTED
     except BrokenPipeError:
         # `batch-runner plan ... | head` closed the pipe: not an error worth a message.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return EXIT_OK
+        return exit_codes.OK
     except Exception as exc:  # noqa: BLE001 - the promise is: never a traceback
         if os.environ.get("BATCH_RUNNER_DEBUG"):
             raise
@@ -191,4 +183,4 @@ def main(argv: Sequence[str] | None = None) -> int:
             "Set BATCH_RUNNER_DEBUG=1 to see the traceback, and please report it.",
             file=sys.stderr,
         )
-        return EXIT_INTERNAL
+        return exit_codes.INTERNAL

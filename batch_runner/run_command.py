@@ -9,13 +9,11 @@ import shlex
 import sys
 from pathlib import Path
 
-from . import humanize
+from . import exit_codes, humanize
 from .errors import UsageError
 from .output_dir import AlreadyRunning, OutputDir
-from .results import summarize
 
 API_KEY_ENV = "SEGMIND_API_KEY"
-EXIT_LOCKED = 5
 
 
 def register_run(sub: argparse._SubParsersAction) -> None:
@@ -112,7 +110,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         report = Runner(job, options).run()
     except AlreadyRunning as exc:
         print(f"error: {exc}; wait for it to finish, or use another --output", file=sys.stderr)
-        return EXIT_LOCKED
+        return exit_codes.LOCKED
     finally:
         if sandbox is not None:
             sandbox.close()
@@ -128,6 +126,8 @@ def _resume_command(args: argparse.Namespace, output: Path) -> str:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from .results import summarize
+
     out = OutputDir(Path(args.output))
     if not out.exists():
         raise UsageError(f"{args.output}: no run found here (no journal.jsonl or manifest.parquet)")

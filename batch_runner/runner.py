@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import api_spec, humanize, recipe
+from . import api_spec, exit_codes, humanize, recipe
 from .client import (
     ApiError,
     Client,
@@ -38,8 +38,6 @@ from .policies import Budget, BudgetExhausted, Cooldown, RpmLimiter, Stopping, r
 from .progress import Progress
 from .results import write_manifest
 from .settings import Settings
-
-EXIT_OK, EXIT_FAILED, EXIT_BUDGET, EXIT_FATAL, EXIT_INTERRUPTED = 0, 1, 3, 4, 130
 
 
 @dataclass
@@ -396,7 +394,7 @@ class Runner:
                 # Everything finished so far is on disk already (journal and images are
                 # written synchronously), so leaving now corrupts nothing.
                 self.log("second interrupt: exiting now; requests in flight are abandoned")
-                os._exit(EXIT_INTERRUPTED)
+                os._exit(exit_codes.INTERRUPTED)
             name = signal.Signals(signum).name
             self.log(
                 f"{name}: stopping after the {self.tally.in_flight} request(s) in flight; Ctrl-C again to quit now"
@@ -422,13 +420,13 @@ class Runner:
         pending = total - counts["succeeded"] - counts["failed"]
         reason = self.stop_reason
         if reason in ("credits", "spend-limit", "budget"):
-            code = EXIT_BUDGET
+            code = exit_codes.BUDGET
         elif reason in ("fatal", "content-type"):  # a proxy or client fault, not money
-            code = EXIT_FATAL
+            code = exit_codes.FATAL_API
         elif reason == "interrupted":
-            code = EXIT_INTERRUPTED
+            code = exit_codes.INTERRUPTED
         else:
-            code = EXIT_FAILED if counts["failed"] else EXIT_OK
+            code = exit_codes.FAILED_ITEMS if counts["failed"] else exit_codes.OK
         report = RunReport(
             exit_code=code,
             stop_reason=reason,
