@@ -19,10 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
 from . import api_spec
 from .errors import UsageError
+from .fonts import font
 from .output_dir import write_atomic
 from .summaries import RunResults, meta_columns
 
@@ -35,10 +36,6 @@ MAX_ROWS, MAX_COLS = 8, 6
 THUMB = 256
 _BG, _INK, _MUTED = (250, 250, 248), (30, 30, 30), (120, 120, 120)
 _FAILED_BG, _FAILED_INK = (253, 228, 226), (170, 30, 30)
-
-
-def _font(size: int) -> ImageFont.ImageFont:
-    return ImageFont.load_default(size=size)
 
 
 @dataclass(frozen=True)
@@ -65,8 +62,25 @@ def choose_layout(results: RunResults, rows: str | None, cols: str | None, group
     if group is None:
         # Metadata (a prompt's Category, a template's vars) rides along with the prompt, so
         # only request parameters count as the remaining axes; --group can name metadata.
-        group = [a for a in varying if a in api_spec.PARAMETERS and a not in (rows, cols)]
+        # An axis that decides the rows or columns (prompt decides Category) belongs inside
+        # the cells: grouping by it would give one sheet per prompt.
+        items = results.items
+        group = [
+            a
+            for a in varying
+            if a in api_spec.PARAMETERS
+            and a not in (rows, cols)
+            and not any(_determines(items, a, shown) for shown in (rows, cols) if shown is not None)
+        ]
     return Layout(rows, cols, list(group))
+
+
+def _determines(items: pd.DataFrame, axis: str, column: str) -> bool:
+    """True when each value of axis comes with a single value of column."""
+    if column in api_spec.PARAMETERS:
+        return False
+    pairs = items[[axis, column]].astype("string").fillna("(none)")
+    return bool((pairs.groupby(axis)[column].nunique() <= 1).all())
 
 
 def _label(value: Any) -> str:
@@ -93,7 +107,7 @@ def _thumbnail(path: Path, size: int) -> Image.Image | None:
 
 
 def _wrap(draw: ImageDraw.ImageDraw, xy: tuple[int, int], text: str, width_px: int, font, fill, max_lines: int) -> None:
-    chars = max(8, int(width_px / (font.size * 0.52)))
+    chars = max(8, int(width_px / (font.size * 0.6)))
     lines = textwrap.wrap(text, chars)[:max_lines] or [""]
     if len(textwrap.wrap(text, chars)) > max_lines:
         lines[-1] = lines[-1][: max(0, chars - 1)] + "…"
@@ -105,7 +119,7 @@ def _wrap(draw: ImageDraw.ImageDraw, xy: tuple[int, int], text: str, width_px: i
 
 def _draw_cell(sheet: Image.Image, draw: ImageDraw.ImageDraw, box: tuple[int, int], row: pd.Series | None, root: Path):
     x, y = box
-    small = _font(13)
+    small = font(13)
     if row is None:
         draw.rectangle((x, y, x + CELL, y + CELL), fill=(238, 238, 236))
         draw.text((x + CELL // 2 - 4, y + CELL // 2 - 8), "—", font=small, fill=_MUTED)
@@ -119,16 +133,18 @@ def _draw_cell(sheet: Image.Image, draw: ImageDraw.ImageDraw, box: tuple[int, in
         status, row = "failed", {**row, "error": "image file missing or unreadable"}
     if status == "failed":
         draw.rectangle((x, y, x + CELL, y + CELL), fill=_FAILED_BG, outline=_FAILED_INK, width=2)
-        draw.text((x + 8, y + 8), "FAILED", font=_font(16), fill=_FAILED_INK)
+        draw.text((x + 8, y + 8), "FAILED", font=font(16), fill=_FAILED_INK)
         _wrap(draw, (x + 8, y + 32), _label(row.get("error")), CELL - 16, small, _FAILED_INK, 9)
         return
     draw.rectangle((x, y, x + CELL, y + CELL), fill=(232, 232, 240))
-    draw.text((x + 8, y + 8), status.upper(), font=_font(16), fill=_MUTED)
+    draw.text((x + 8, y + 8), status.upper(), font=font(16), fill=_MUTED)
 
 
 def contact_sheets(results: RunResults, to: Path, layout: Layout) -> list[Path]:
     """Write the sheets as PNG files; returns their paths in order."""
     to.mkdir(parents=True, exist_ok=True)
+    for stale in to.glob("sheet-*.png"):  # a new layout replaces the last report's sheets
+        stale.unlink()
     items = results.items.copy()
     paths: list[Path] = []
     groups = (
@@ -141,9 +157,11 @@ def contact_sheets(results: RunResults, to: Path, layout: Layout) -> list[Path]:
         row_values = list(dict.fromkeys(frame[layout.rows].map(_label)))
         col_values = list(dict.fromkeys(frame[layout.cols].map(_label))) if layout.cols else [""]
         cells: dict[tuple[str, str], pd.Series] = {}
+        counts: dict[tuple[str, str], int] = {}
         for _, item in frame.iterrows():
             cell = (_label(item[layout.rows]), _label(item[layout.cols]) if layout.cols else "")
             cells.setdefault(cell, item)  # several items in one cell: the sheet shows the first
+            counts[cell] = counts.get(cell, 0) + 1
         pages = [
             (row_values[r : r + MAX_ROWS], col_values[c : c + MAX_COLS])
             for r in range(0, len(row_values), MAX_ROWS)
@@ -151,10 +169,10 @@ def contact_sheets(results: RunResults, to: Path, layout: Layout) -> list[Path]:
         ]
         title_group = ", ".join(f"{g}={v}" for g, v in zip(layout.group, key, strict=True)) or "all items"
         for number, (page_rows, page_cols) in enumerate(pages, start=1):
-            title = f"{results.path.name}: {layout.rows} by {layout.cols or '-'} · {title_group}"
+            title = f"{results.path.name}: {layout.rows} × {layout.cols or '-'} · {title_group}"
             if len(pages) > 1:
                 title += f" · page {number}/{len(pages)}"
-            image = _render_page(results.path, title, layout, page_rows, page_cols, cells)
+            image = _render_page(results.path, title, layout, page_rows, page_cols, cells, counts)
             path = to / f"sheet-{_slug(key)}-p{number:02d}.png"
             buffer = io.BytesIO()
             image.save(buffer, "PNG", optimize=True)
@@ -163,20 +181,28 @@ def contact_sheets(results: RunResults, to: Path, layout: Layout) -> list[Path]:
     return paths
 
 
-def _render_page(root: Path, title: str, layout: Layout, rows: list[str], cols: list[str], cells: dict) -> Image.Image:
+def _render_page(
+    root: Path, title: str, layout: Layout, rows: list[str], cols: list[str], cells: dict, counts: dict
+) -> Image.Image:
     width = LABEL_W + len(cols) * (CELL + PAD) + PAD
     height = TITLE_H + HEADER_H + len(rows) * (CELL + PAD) + PAD
     sheet = Image.new("RGB", (width, height), _BG)
     draw = ImageDraw.Draw(sheet)
-    _wrap(draw, (PAD * 2, 14), title, width - 4 * PAD, _font(20), _INK, 2)
+    _wrap(draw, (PAD * 2, 14), title, width - 4 * PAD, font(20), _INK, 2)
     for c, col in enumerate(cols):
         x = LABEL_W + c * (CELL + PAD)
-        _wrap(draw, (x, TITLE_H + 6), col, CELL, _font(15), _INK, 2)
+        _wrap(draw, (x, TITLE_H + 6), col, CELL, font(15), _INK, 2)
     for r, row_value in enumerate(rows):
         y = TITLE_H + HEADER_H + r * (CELL + PAD)
-        _wrap(draw, (PAD * 2, y + 4), row_value, LABEL_W - 4 * PAD, _font(15), _INK, 10)
+        _wrap(draw, (PAD * 2, y + 4), row_value, LABEL_W - 4 * PAD, font(15), _INK, 10)
         for c, col in enumerate(cols):
-            _draw_cell(sheet, draw, (LABEL_W + c * (CELL + PAD), y), cells.get((row_value, col)), root)
+            x = LABEL_W + c * (CELL + PAD)
+            _draw_cell(sheet, draw, (x, y), cells.get((row_value, col)), root)
+            more = counts.get((row_value, col), 0) - 1
+            if more > 0:  # the cell shows one of several items
+                badge = f"+{more} more"
+                draw.rectangle((x, y + CELL - 22, x + 12 + 8 * len(badge), y + CELL), fill=(30, 30, 30))
+                draw.text((x + 6, y + CELL - 19), badge, font=font(13), fill=(255, 255, 255))
     return sheet
 
 

@@ -96,6 +96,19 @@ def test_default_sheets_are_prompt_by_style_one_per_seed_with_failures_marked(sw
         assert _FAILED_BG in colours  # the rejected prompt's cells are marked
 
 
+def test_rows_of_metadata_keep_the_prompt_inside_the_cells(sweep, tmp_path):
+    out = copy_of(sweep, tmp_path)
+    result = run_cli("report", str(out), "--rows", "Category")
+    assert result.returncode == 0, result.stderr
+    # Category follows from the prompt, so prompts are not split onto sheets of their own:
+    # one sheet per seed, Category rows × style_type columns.
+    assert "one set per seed" in result.stdout
+    assert len(list((out / "report" / "sheets").glob("*.png"))) == 2
+    assert run_cli("report", str(out), "--rows", "Category", "--group", "prompt").returncode == 0
+    names = [p.name for p in (out / "report" / "sheets").glob("*.png")]
+    assert len(names) == 4 and not [n for n in names if n.startswith(("sheet-100-", "sheet-200-"))]  # replaced
+
+
 def test_custom_rows_cols_group_and_a_bad_axis(sweep, tmp_path):
     out = copy_of(sweep, tmp_path)
     result = run_cli("report", str(out), "--rows", "Category", "--cols", "seed", "--group", "style_type")

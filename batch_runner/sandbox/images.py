@@ -10,14 +10,11 @@ import textwrap
 from functools import lru_cache
 from typing import Any
 
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
+
+from ..fonts import font
 
 _STYLE_HUES = {"GENERAL": 0.58, "REALISTIC": 0.08, "DESIGN": 0.83, "RENDER_3D": 0.45, "ANIME": 0.95}
-
-
-@lru_cache(maxsize=32)
-def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
-    return ImageFont.load_default(size=size)
 
 
 def render(params: dict[str, Any], seed: int, width: int, height: int) -> Image.Image:
@@ -35,9 +32,9 @@ def render(params: dict[str, Any], seed: int, width: int, height: int) -> Image.
         draw.ellipse((x - r, y - r, x + r, y + r), fill=shade)
 
     margin = width // 16
-    big = _font(max(12, width // 18))
-    small = _font(max(10, width // 30))
-    chars = max(10, int((width - 2 * margin) / (big.size * 0.55)))
+    big = font(max(12, width // 18))
+    small = font(max(10, width // 30))
+    chars = max(10, int((width - 2 * margin) / (big.size * 0.6)))
     lines = textwrap.wrap(str(params.get("prompt", "")), chars)[:8]
     y = margin
     for line in lines:
