@@ -134,9 +134,9 @@ def write_manifest(out: OutputDir, items: Iterable[Item], journal: Replay, meta_
     return count
 
 
-def current_frame(out: OutputDir) -> pd.DataFrame:
+def current_frame(out: OutputDir, journal: Replay | None = None) -> pd.DataFrame:
     """The manifest as of now: the last manifest.parquet with the journal's newer news on top."""
-    journal = replay(out.journal)
+    journal = journal or replay(out.journal)
     if out.manifest.exists():
         frame = pd.read_parquet(out.manifest)
     else:
@@ -165,8 +165,8 @@ def current_frame(out: OutputDir) -> pd.DataFrame:
 
 def summarize(out: OutputDir, price_per_image: float = api_spec.PRICE_PER_IMAGE) -> dict[str, Any]:
     """Counts by status, spend and what is left: what `batch-runner status` prints."""
-    frame = current_frame(out)
     journal = replay(out.journal)
+    frame = current_frame(out, journal)
     counts = {s: 0 for s in ("succeeded", "failed", "pending", "sent")}
     if "status" in frame.columns:
         for status, n in frame["status"].fillna("pending").value_counts().items():

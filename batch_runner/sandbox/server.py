@@ -40,7 +40,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _serve(self) -> None:
         api = self.server.api
         record = api.begin(self.command, self.path)
-        status = 0
+        status, recorded = 0, False
         try:
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length > 0 else b""
@@ -48,11 +48,16 @@ class _Handler(BaseHTTPRequestHandler):
             status = reply.status
             if reply.delay_s > 0:
                 time.sleep(reply.delay_s)
+            # Complete the record before the answer leaves, so a client that has its answer
+            # never finds the request unfinished in /sandbox/stats.
+            api.end(record, status)
+            recorded = True
             self._write(reply)
         except (BrokenPipeError, ConnectionResetError, TimeoutError):
             self.close_connection = True
         finally:
-            api.end(record, status)
+            if not recorded:
+                api.end(record, status)
 
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _serve
 
