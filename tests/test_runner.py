@@ -426,3 +426,19 @@ def test_bad_manifest_exits_2_before_any_request(tmp_path, sandbox):
     result = run(job, tmp_path / "out", sandbox)
     assert result.returncode == 2 and "seed 5 is out of range" in result.stderr
     assert sandbox.stats()["received"] == 0
+
+
+def test_api_key_file_is_read_and_a_missing_one_is_a_usage_error(tmp_path, sandbox):
+    key_file = tmp_path / "key.txt"
+    key_file.write_text(FAKE_KEY + "\n", encoding="utf-8")
+    job, out = manifest(tmp_path, ["from a key file"]), tmp_path / "out"
+    result = run(job, out, sandbox, "--api-key-file", str(key_file), key="fake-env-key-that-is-ignored")
+    assert result.returncode == 0, result.stdout + result.stderr
+    missing = run(job, tmp_path / "other", sandbox, "--api-key-file", str(tmp_path / "nope.txt"))
+    assert missing.returncode == 2 and "nope.txt: cannot read it" in missing.stderr
+
+
+def test_progress_bar_when_asked_for_one(tmp_path, sandbox):
+    result = run(manifest(tmp_path, ["bar one", "bar two"]), tmp_path / "out", sandbox, "--progress", "bar")
+    assert result.returncode == 0
+    assert "2/2" in result.stderr and "img" in result.stderr and "spent $0.13" in result.stderr
