@@ -6,7 +6,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__, exit_codes, humanize
@@ -134,25 +134,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_settings(plan)
     plan.set_defaults(handler=cmd_plan)
 
-    for register in _EXTRA_COMMANDS:
+    from .commands import REGISTER  # the other commands import their heavy modules lazily
+
+    for register in REGISTER:
         register(sub)
     return parser
 
 
-# Other modules register their subcommands here, so cli.py need not import the runner or the
-# sandbox (and their heavier dependencies) just to plan a job.
-_EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []
-
-
-def _register_builtin_commands() -> None:
-    from . import commands
-
-    _EXTRA_COMMANDS.extend(commands.REGISTER)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    if not _EXTRA_COMMANDS:
-        _register_builtin_commands()
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     args.argv = argv

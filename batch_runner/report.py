@@ -227,16 +227,21 @@ def _thumbs(results: RunResults, to: Path) -> dict[str, str]:
     return paths
 
 
+def _json_value(value: Any) -> Any:
+    """A cell as plain JSON: missing values as None, numpy scalars as Python numbers."""
+    if isinstance(value, (list, dict)):
+        return value
+    if pd.isna(value):
+        return None
+    return value.item() if hasattr(value, "item") else value
+
+
 def _records(results: RunResults, thumbs: dict[str, str]) -> tuple[list[dict], list[str]]:
     shown = [c for c in ["item_id", *api_spec.PARAMETERS, *meta_columns(results.items)] if c in results.items.columns]
     extra = ["status", "attempts", "http_status", "error", "latency_s", "cost_usd", "seed_value", "image_path"]
     records = []
     for row in results.items[shown + extra].itertuples(index=False):
-        record = {
-            k: (None if pd.isna(v) else v) if not isinstance(v, (list, dict)) else v
-            for k, v in zip(shown + extra, row, strict=True)
-        }
-        record = {k: (v.item() if hasattr(v, "item") else v) for k, v in record.items()}
+        record = {k: _json_value(v) for k, v in zip(shown + extra, row, strict=True)}
         record["thumb"] = thumbs.get(record["item_id"])
         records.append(record)
     return records, shown

@@ -170,13 +170,17 @@ class Runner:
                 item_id,
                 "succeeded",
                 n=state.attempts,
-                http=200,
+                http_status=200,
                 cost=self.settings.price_per_image,
                 image_path=path.relative_to(self.out.path).as_posix(),
                 recovered=True,
             )
             adopted += 1
         return adopted
+
+    def _plan(self) -> Deduplicated:
+        """The job's unique items, streamed afresh: memory stays flat however large the job."""
+        return Deduplicated(self.job.iter_items())
 
     def _wanted(self, state: Any) -> bool:
         if state is None:
@@ -191,7 +195,7 @@ class Runner:
         """One pass over the plan: how many items, how many still to send, and how many of
         those were sent before with no answer on record (they may have been billed)."""
         total = todo = unanswered = 0
-        for item in Deduplicated(self.job.iter_items()):
+        for item in self._plan():
             total += 1
             state = history.items.get(item.item_id)
             if self._wanted(state):
@@ -201,13 +205,13 @@ class Runner:
         return total, todo, unanswered
 
     def _todo(self) -> Iterator[Item]:
-        for item in Deduplicated(self.job.iter_items()):
+        for item in self._plan():
             if self._wanted(self.states.get(item.item_id)):
                 yield item
 
     def _fold(self, history: Replay | None = None) -> None:
         history = history or replay(self.out.journal)
-        write_manifest(self.out, Deduplicated(self.job.iter_items()), history, self.job.meta_columns)
+        write_manifest(self.out, self._plan(), history, self.job.meta_columns)
 
     def _send_all(
         self, journal: Journal, history: Replay, total: int, todo: int, unanswered: int, recovered: int
@@ -360,7 +364,6 @@ class Runner:
             item.item_id,
             "succeeded",
             n=attempt,
-            http=200,
             http_status=200,
             error=None,
             cost=generated.cost,
@@ -413,7 +416,7 @@ class Runner:
 
     def _report(self, total: int, todo: int, final: Replay, recovered: int, unanswered: int) -> RunReport:
         counts = {"succeeded": 0, "failed": 0}
-        for item in Deduplicated(self.job.iter_items()):
+        for item in self._plan():
             state = final.items.get(item.item_id)
             if state is not None and state.status in counts:
                 counts[state.status] += 1

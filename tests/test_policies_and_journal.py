@@ -134,7 +134,8 @@ def test_an_image_saved_just_before_a_crash_is_adopted_not_bought_again(tmp_path
         again = run(job, out, sb)
         assert again.returncode == 0 and "recovered 1 image" in again.stderr
         assert sb.stats()["received"] == received
-        assert manifest_frame(out).set_index("prompt").loc["kept", "status"] == "succeeded"
+        recovered = manifest_frame(out).set_index("prompt").loc["kept"]
+        assert recovered.status == "succeeded" and recovered.http_status == 200
 
 
 def test_a_half_written_image_is_never_taken_for_a_result(tmp_path):
