@@ -26,17 +26,43 @@ from PIL import Image
 from . import api_spec
 
 _CHUNK = 64 * 1024
+# The largest answer read in full. The biggest image the API makes is 1536x640; even as a
+# lossless PNG in base64 JSON that is under 10 MB. Past this the body is not an image, and
+# reading on (a gzip bomb inflated 2.2 GB for one request) only costs memory.
+MAX_BODY_BYTES = 64 * 1024 * 1024
+# An error body is read only for its message.
+MAX_ERROR_BODY_BYTES = 64 * 1024
+_REDIRECTS = (301, 302, 303, 307, 308)
+REDACTED = "[redacted]"
 
 
 class ApiError(Exception):
-    """An attempt that produced no usable image. `cost` is what the attempt was billed."""
+    """An attempt that produced no usable image. `cost` is what the attempt was billed.
 
-    def __init__(self, message: str, http_status: int | None = None, cost: float = 0.0, answered: bool = True):
+    Billing is known only when a status line came back (`answered`). Without one, the request
+    may or may not have reached the server and been billed (`reached`), except when it
+    provably never left: a refused connection, a name that does not resolve, a connect
+    timeout (`reached=False`)."""
+
+    def __init__(
+        self,
+        message: str,
+        http_status: int | None = None,
+        cost: float = 0.0,
+        answered: bool = True,
+        reached: bool = True,
+    ):
         super().__init__(message)
         self.message = message
         self.http_status = http_status
         self.cost = cost
-        self.answered = answered  # False: no status line came back, so billing is unknown
+        self.answered = answered
+        self.reached = reached
+
+    @property
+    def possibly_billed(self) -> bool:
+        """No answer, but the request may have reached the server: the ledger must assume it."""
+        return not self.answered and self.reached
 
 
 class RateLimited(ApiError):
@@ -49,6 +75,19 @@ class RateLimited(ApiError):
 
 class TransientError(ApiError):
     """Worth retrying: 5xx, timeouts, dropped connections, truncated or broken images."""
+
+
+class UnusableImage(TransientError):
+    """A billed 200 whose body is not the image asked for (a proxy's HTML page, a JSON error,
+    a corrupt or wrongly sized image). Retried once, since each try is paid for."""
+
+
+class Unreachable(ApiError):
+    """The request never reached a server: nothing was billed, and the item is not at fault.
+    The whole pool waits for the endpoint to come back."""
+
+    def __init__(self, message: str):
+        super().__init__(message, None, 0.0, answered=False, reached=False)
 
 
 class ItemRejected(ApiError):
@@ -158,20 +197,54 @@ def _cut(response: requests.Response) -> None:
 
 
 def check_image(data: bytes, size: tuple[int, int]) -> str:
-    """The file extension for a decodable image of exactly `size`; TransientError otherwise."""
+    """The file extension for a decodable image of exactly `size`; UnusableImage otherwise.
+
+    Messages are stable (no reprs, no addresses): they are grouped and counted in reports."""
     try:
         image = Image.open(io.BytesIO(data))
+    except Exception:  # noqa: BLE001 - Pillow raises many types for bad data
+        raise UnusableImage(f"the body is not an image ({_sniff(data)})")
+    try:
         fmt = (image.format or "").lower()
         actual = image.size
         # Decoding at 1/8 scale reads the whole stream (so truncation is caught) at a
         # fraction of the cost of a full decode.
         image.draft("RGB", (max(1, actual[0] // 8), max(1, actual[1] // 8)))
         image.load()
-    except Exception as exc:  # noqa: BLE001 - Pillow raises many types for bad data
-        raise TransientError(f"the image does not decode ({exc})")
+    except Exception:  # noqa: BLE001
+        raise UnusableImage(f"the {fmt.upper() or 'image'} is truncated or corrupt")
     if actual != size:
-        raise TransientError(f"the image is {actual[0]}x{actual[1]}, not the requested {size[0]}x{size[1]}")
+        raise UnusableImage(f"the image is {actual[0]}x{actual[1]}, not the requested {size[0]}x{size[1]}")
     return {"jpeg": "jpg", "png": "png", "webp": "webp"}.get(fmt, fmt or "img")
+
+
+def _sniff(data: bytes) -> str:
+    head = data[:512].lstrip().lower()
+    if not head:
+        return "empty"
+    if head.startswith((b"<!doctype html", b"<html")) or b"<html" in head:
+        return "an HTML page"
+    if head[:1] in (b"{", b"["):
+        return "JSON"
+    return f"{len(data):,} bytes of unknown data"
+
+
+def _unreached_reason(exc: requests.RequestException) -> str | None:
+    """Why a request provably never reached a server, or None if it may have.
+
+    urllib3 raises NewConnectionError (and its NameResolutionError) and ConnectTimeoutError
+    only while opening a connection, before a byte of the request is written. Anything later
+    (a reset, a read timeout, a dropped keep-alive connection) may have reached the server."""
+    cause = exc.args[0] if exc.args else None
+    cause = getattr(cause, "reason", cause)  # MaxRetryError wraps the real cause
+    if isinstance(cause, urllib3.exceptions.NameResolutionError):
+        return "the host name does not resolve"
+    if isinstance(cause, urllib3.exceptions.NewConnectionError):
+        text = str(cause).lower()
+        return "the connection was refused" if "refused" in text else "no connection could be opened"
+    if isinstance(exc, requests.ConnectTimeout) or isinstance(cause, urllib3.exceptions.ConnectTimeoutError):
+        return "connecting timed out"
+    return None
 
 
 class Client:
@@ -209,13 +282,31 @@ class Client:
 
     def credits(self) -> float | None:
         """The account balance, or None when the endpoint does not say."""
+        deadline = time.monotonic() + 5
         try:
-            r = self.session.get(self.credits_url, headers={"x-api-key": self._key}, timeout=5)
-            return float(r.json()["credits"]) if r.status_code == 200 else None
-        except (requests.RequestException, ValueError, KeyError, TypeError):
+            with self.session.get(
+                self.credits_url, headers={"x-api-key": self._key}, timeout=5, allow_redirects=False, stream=True
+            ) as r:
+                if r.status_code != 200:
+                    return None
+                body = self._read(r, deadline, 0.0, MAX_ERROR_BODY_BYTES, truncate=True)
+            return float(json.loads(body)["credits"])
+        except (ApiError, requests.RequestException, ValueError, KeyError, TypeError):
             return None
 
     def generate(self, params: dict[str, Any]) -> Generated:
+        try:
+            return self._generate(params)
+        except ApiError as exc:
+            # Servers echo what they were sent; the key must never reach a journal or a screen.
+            exc.message = self.redact(exc.message)
+            exc.args = (exc.message,)
+            raise
+
+    def redact(self, text: str) -> str:
+        return text.replace(self._key, REDACTED) if self._key and len(self._key) >= 4 else text
+
+    def _generate(self, params: dict[str, Any]) -> Generated:
         size = api_spec.resolution_size(params.get("resolution"))
         deadline = time.monotonic() + self.timeout_s
         try:
@@ -225,22 +316,31 @@ class Client:
                 headers={"x-api-key": self._key, "Content-Type": "application/json"},
                 timeout=(self.connect_timeout_s, self.timeout_s),
                 stream=True,
+                # requests strips only Authorization when a redirect changes host, so it would
+                # hand x-api-key to whoever the Location names, and replay or drop the POST.
+                allow_redirects=False,
             )
-        except requests.Timeout:
-            raise TransientError(f"no answer within {self.timeout_s:g} s", answered=False)
         except requests.RequestException as exc:
+            unreached = _unreached_reason(exc)
+            if unreached:
+                raise Unreachable(f"cannot reach {self._host}: {unreached}")
+            if isinstance(exc, requests.Timeout):
+                raise TransientError(f"no answer within {self.timeout_s:g} s", answered=False)
             raise TransientError(f"connection failed ({type(exc).__name__})", answered=False)
 
         with response:
             status = response.status_code
+            if status in _REDIRECTS:
+                raise self._redirected(response)
             billed = self._cost(response) if status == 200 else 0.0
-            body = self._read(response, deadline, billed)
+            limit = MAX_BODY_BYTES if status == 200 else MAX_ERROR_BODY_BYTES
+            body = self._read(response, deadline, billed, limit, truncate=status != 200)
             if status == 200:
-                image = self._image_bytes(response, body, deadline, billed)
                 try:
+                    image = self._image_bytes(response, body, deadline, billed)
                     extension = check_image(image, size)
-                except TransientError as exc:
-                    exc.cost = billed
+                except UnusableImage as exc:
+                    exc.cost, exc.http_status = billed, 200
                     raise
                 headers = response.headers
                 return Generated(
@@ -254,30 +354,55 @@ class Client:
                 )
             raise self._classify(response, body)
 
+    @property
+    def _host(self) -> str:
+        return urllib3.util.parse_url(self.endpoint).netloc or self.endpoint
+
+    def _redirected(self, response: requests.Response) -> FatalApiError:
+        target = urllib3.util.parse_url(response.headers.get("Location") or "")
+        where = f"{target.scheme}://{target.netloc}" if target.netloc else "another path"
+        return FatalApiError(
+            f"HTTP {response.status_code}: the endpoint redirects to {where}; redirects are not followed, "
+            "so the API key stays with the endpoint you named (give the final URL as --endpoint if you trust it)",
+            response.status_code,
+        )
+
     def _cost(self, response: requests.Response) -> float:
         cost = _float(response.headers.get("x-cost"))
         return self.price_per_image if cost is None else cost
 
-    def _read(self, response: requests.Response, deadline: float, billed: float) -> bytes:
-        """The whole body, within the overall deadline.
+    def _read(
+        self, response: requests.Response, deadline: float, billed: float, limit: int, truncate: bool = False
+    ) -> bytes:
+        """The body (decoded), within the overall deadline and at most `limit` bytes.
 
         A read timeout bounds each socket read, not the body: a server trickling a byte at a
         time would hold a worker for ever. So a timer cuts the connection at the deadline,
-        which makes the blocked read fail at once."""
+        which makes the blocked read fail at once. Past `limit` the body is cut off
+        (`truncate`, for error messages) or refused."""
+        status = response.status_code
+        declared = _int(response.headers.get("Content-Length"))
+        if declared is not None and declared > limit and not truncate:
+            raise UnusableImage(f"the body is {declared:,} bytes, more than any image ({limit:,})", status, billed)
         watchdog = threading.Timer(max(0.0, deadline - time.monotonic()), _cut, args=(response,))
         watchdog.daemon = True
         watchdog.start()
-        chunks = []
+        chunks, size = [], 0
         try:
             while chunk := response.raw.read1(_CHUNK, decode_content=True):
                 chunks.append(chunk)
+                size += len(chunk)
+                if size > limit:
+                    if truncate:
+                        break
+                    raise UnusableImage(f"the body is larger than any image ({limit:,} bytes)", status, billed)
         except (requests.RequestException, urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
             if time.monotonic() >= deadline:
-                raise TransientError(f"the body took longer than {self.timeout_s:g} s", response.status_code, billed)
-            raise TransientError(f"the connection broke mid-body ({type(exc).__name__})", response.status_code, billed)
+                raise TransientError(f"the body took longer than {self.timeout_s:g} s", status, billed)
+            raise TransientError(f"the connection broke mid-body ({type(exc).__name__})", status, billed)
         finally:
             watchdog.cancel()
-        return b"".join(chunks)
+        return b"".join(chunks)[:limit]
 
     def _image_bytes(self, response: requests.Response, body: bytes, deadline: float, billed: float) -> bytes:
         """Raw image bytes from any of the three documented shapes of a 200."""
@@ -287,12 +412,12 @@ class Client:
         try:
             payload = json.loads(body)
         except ValueError:
-            raise TransientError("the JSON body does not parse", 200, billed)
+            raise UnusableImage("the JSON body does not parse", 200, billed)
         if isinstance(payload, dict) and isinstance(payload.get("image"), str):
             try:
                 return base64.b64decode(payload["image"], validate=False)
             except (binascii.Error, ValueError):
-                raise TransientError("the base64 image does not decode", 200, billed)
+                raise UnusableImage("the base64 image does not decode", 200, billed)
         data = payload.get("data") if isinstance(payload, dict) else None
         if isinstance(data, list) and data and isinstance(data[0], dict):
             entry = data[0]
@@ -302,7 +427,10 @@ class Client:
         url = payload.get("output") or payload.get("url") if isinstance(payload, dict) else None
         if isinstance(url, str) and url.startswith("http"):
             return self._download(url, deadline, billed)
-        raise TransientError("the JSON body holds no image, base64 or URL", 200, billed)
+        error = payload.get("error") if isinstance(payload, dict) else None
+        if isinstance(error, str) and error:
+            raise UnusableImage(f"the JSON body holds an error, not an image: {error[:200]}", 200, billed)
+        raise UnusableImage("the JSON body holds no image, base64 or URL", 200, billed)
 
     def _download(self, url: str, deadline: float, billed: float) -> bytes:
         remaining = max(1.0, deadline - time.monotonic())
@@ -314,7 +442,7 @@ class Client:
         with response:
             if response.status_code != 200:
                 raise TransientError(f"downloading the image answered HTTP {response.status_code}", 200, billed)
-            return self._read(response, deadline, billed)
+            return self._read(response, deadline, billed, MAX_BODY_BYTES)
 
     def _classify(self, response: requests.Response, body: bytes) -> ApiError:
         status = response.status_code

@@ -7,4 +7,6 @@ BUDGET = 3  # stopped on credits, a team spend limit or --max-cost
 FATAL_API = 4  # key, permission, endpoint, retired model, or a 406 for the content type
 LOCKED = 5  # another run is using the output folder
 INTERNAL = 70  # a bug; results already received are safe
+OUTPUT_ERROR = 74  # the output folder cannot be written (disk full, read-only, permissions)
+TEMPORARY = 75  # the endpoint is unreachable or rate-limiting for longer than --max-wait: run again later
 INTERRUPTED = 130  # Ctrl-C or SIGTERM

@@ -11,6 +11,16 @@ def money(amount: float) -> str:
     return f"${amount:,.2f}"
 
 
+def size(n_bytes: float) -> str:
+    """A size in bytes as a person reads it: 512 KB, 3.2 GB."""
+    value = float(n_bytes)
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if value < 1000 or unit == "GB":
+            return f"{value:,.0f} {unit}" if unit in ("bytes", "KB") else f"{value:,.1f} {unit}"
+        value /= 1000
+    raise AssertionError("unreachable")
+
+
 def price(amount: float) -> str:
     """A unit price, to the tenth of a cent where it has one: $0.063, not $0.06."""
     text = f"{amount:,.4f}".rstrip("0")

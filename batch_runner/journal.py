@@ -35,8 +35,12 @@ class ItemState:
     first_sent_at: float | None = None
     finished_at: float | None = None
     rate_limited: int = 0
-    unanswered: int = 0  # attempts with no status line back: may have been billed
+    # Attempts that may have been billed with no answer on record: no status line came back,
+    # or the run died between `sent` and the answer. They stay counted for good, even once a
+    # later attempt succeeds: the server may have billed them all the same.
+    unanswered: int = 0
     row: dict[str, Any] = field(default_factory=dict)
+    open_attempt: bool = field(default=False, repr=False)  # a `sent` with no outcome after it yet
 
 
 @dataclass
@@ -52,6 +56,14 @@ class Replay:
     @property
     def unanswered(self) -> int:
         return sum(s.unanswered for s in self.items.values())
+
+    @property
+    def price(self) -> float | None:
+        """The price per image the latest run assumed, to value attempts with no answer."""
+        for run in reversed(self.runs):
+            if isinstance(run.get("price_per_image"), (int, float)):
+                return float(run["price_per_image"])
+        return None
 
 
 class Journal:
@@ -97,19 +109,21 @@ class Journal:
         cost: float,
         answered: bool,
         latency_s: float,
+        reached: bool = True,
     ) -> None:
-        self.write(
-            {
-                "e": "attempt",
-                "id": item_id,
-                "n": attempt,
-                "http": http_status,
-                "error": error,
-                "cost": cost,
-                "answered": answered,
-                "latency": round(latency_s, 4),
-            }
-        )
+        event = {
+            "e": "attempt",
+            "id": item_id,
+            "n": attempt,
+            "http": http_status,
+            "error": error,
+            "cost": cost,
+            "answered": answered,
+            "latency": round(latency_s, 4),
+        }
+        if not reached:
+            event["reached"] = False  # provably never left: no connection was opened
+        self.write(event)
 
     def done(self, item_id: str, status: str, **fields: Any) -> None:
         self.write({"e": "done", "id": item_id, "status": status, "at": time.time(), **fields})
@@ -152,20 +166,25 @@ def replay(path: Path) -> Replay:
             continue
         state = items.setdefault(item_id, ItemState())
         if kind == "sent":
+            if state.open_attempt:
+                state.unanswered += 1  # the previous attempt was cut off by a crash
+            state.open_attempt = True
             state.status = "sent"
             state.attempts = max(state.attempts, int(event.get("n", state.attempts + 1)))
             state.first_sent_at = state.first_sent_at or event.get("at")
             if event.get("row"):
                 state.row = event["row"]
         elif kind == "attempt":
+            state.open_attempt = False
             state.status = "pending"
             state.http_status = event.get("http")
             state.error = event.get("error")
             state.cost_usd += float(event.get("cost") or 0.0)
             state.latency_s = event.get("latency")
             state.rate_limited += event.get("http") == 429
-            state.unanswered += not event.get("answered", True)
+            state.unanswered += not event.get("answered", True) and event.get("reached", True)
         elif kind == "done":
+            state.open_attempt = False
             state.status = event.get("status", state.status)
             state.finished_at = event.get("at")
             # A success carries its attempt's outcome itself: one fsync fewer per image.
@@ -178,6 +197,6 @@ def replay(path: Path) -> Replay:
                     setattr(state, name, event[name])
     # A request on record as sent with no answer on record was cut off by a crash.
     for state in items.values():
-        if state.status == "sent":
+        if state.open_attempt:
             state.unanswered += 1
     return Replay(items, runs, torn)

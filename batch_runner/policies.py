@@ -26,18 +26,34 @@ from tenacity import (
 from tenacity.stop import stop_base
 from tenacity.wait import wait_base
 
-from .client import RateLimited, TransientError
+from .client import RateLimited, TransientError, Unreachable, UnusableImage
 
 
 class Stopping(Exception):
     """The run is stopping: do not send anything new."""
 
 
+class GiveUp(Exception):
+    """The pool stops waiting: the run ends as temporary (try later), items left pending."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason  # unreachable | rate-limited
+        self.message = message
+
+
 class Cooldown:
-    """A shared 'nobody sends before T' gate, set by whichever worker was told 429."""
+    """A shared 'nobody sends before T' gate, set by whichever worker was told 429 or found
+    the endpoint unreachable. Waiting is bounded: past `max_wait_s` the gate gives up, so a
+    night's run ends with a clear 'try later' instead of spinning until morning."""
 
     def __init__(
-        self, stop: threading.Event, base_s: float = 1.0, cap_s: float = 60.0, rng: random.Random | None = None
+        self,
+        stop: threading.Event,
+        base_s: float = 1.0,
+        cap_s: float = 60.0,
+        rng: random.Random | None = None,
+        max_wait_s: float = 900.0,
     ):
         self._stop = stop
         self._lock = threading.Lock()
@@ -45,6 +61,12 @@ class Cooldown:
         self._streak = 0  # 429s since the last success, for backoff when the server gives no time
         self._base, self._cap = base_s, cap_s
         self._rng = rng or random.Random()
+        self._max_wait = max_wait_s
+        self._limited_since: float | None = None  # first 429 since the last success
+        self._down_since: float | None = None  # first unreachable attempt since the last answer
+        self._down_streak = 0
+        self._down_why = ""
+        self._give_up: GiveUp | None = None
         self.pauses = 0
 
     def rate_limited(self, retry_at: float | None) -> float:
@@ -52,6 +74,15 @@ class Cooldown:
         now = time.monotonic()
         with self._lock:
             self._streak += 1
+            self._down_since = None
+            if self._limited_since is None:
+                self._limited_since = now
+            if retry_at is not None and retry_at - now > self._max_wait:
+                self._give_up = GiveUp(
+                    "rate-limited",
+                    f"the server asks to wait {_seconds(retry_at - now)}, "
+                    f"longer than the maximum wait of {_seconds(self._max_wait)}",
+                )
             if retry_at is None:
                 # Full jitter: spreads the pool's retries instead of bunching them.
                 retry_at = now + self._rng.uniform(0, min(self._cap, self._base * 2 ** (self._streak - 1)))
@@ -60,9 +91,49 @@ class Cooldown:
                 self.pauses += 1
             return self._until
 
+    def unreachable(self, why: str = "the endpoint is unreachable") -> float:
+        """Record an attempt that could not connect: the pool backs off together."""
+        now = time.monotonic()
+        with self._lock:
+            self._down_why = why
+            if self._down_since is None:
+                self._down_since = now
+            if now >= self._until:  # not one of the requests that left before the current pause
+                self._down_streak += 1
+                pause = min(self._cap, self._base * 2 ** (self._down_streak - 1))
+                # End the last pause at the deadline, so giving up is not late by a whole backoff.
+                self._until = min(now + pause, self._down_since + self._max_wait)
+                self.pauses += 1
+            return self._until
+
+    def answered(self) -> None:
+        """Any answer from the server: it is reachable."""
+        with self._lock:
+            self._down_since = None
+            self._down_streak = 0
+
     def succeeded(self) -> None:
         with self._lock:
             self._streak = 0
+            self._limited_since = None
+            self._down_since = None
+            self._down_streak = 0
+
+    def give_up(self) -> GiveUp | None:
+        """Set once waiting has lasted longer than max_wait_s with nothing to show for it."""
+        now = time.monotonic()
+        with self._lock:
+            if self._give_up is None and self._down_since is not None and now - self._down_since >= self._max_wait:
+                self._give_up = GiveUp(
+                    "unreachable", f"{self._down_why} (unreachable for {_seconds(now - self._down_since)})"
+                )
+            limited = self._limited_since
+            if self._give_up is None and limited is not None and now - limited >= self._max_wait:
+                self._give_up = GiveUp(
+                    "rate-limited",
+                    f"the server has answered only 429 for {_seconds(now - limited)}",
+                )
+            return self._give_up
 
     def wait(self) -> None:
         while True:
@@ -72,6 +143,10 @@ class Cooldown:
                 return
             if self._stop.wait(delay):
                 raise Stopping()
+
+
+def _seconds(value: float) -> str:
+    return f"{value:.0f} s" if value >= 10 else f"{value:.1f} s"
 
 
 class RpmLimiter:
@@ -130,30 +205,55 @@ class Budget:
                 self.price = cost  # the server's x-cost is the better estimate from now on
 
 
-class stop_after_failures(stop_base):
-    """Stop after n failed attempts, not counting 429s: being told to wait is not failing."""
+# Outcomes that are not the item's fault: the pool waits on them together (a 429's pause, an
+# endpoint that is down), so they neither use up the item's tries nor sleep per thread.
+_POOL_WAITS = (RateLimited, Unreachable)
+
+
+class _stop_after_counted(stop_base):
+    """Stop once `n` outcomes of the counted kinds have been seen for this item."""
+
+    counted: tuple[type[BaseException], ...] = ()
+    excluded: tuple[type[BaseException], ...] = ()
 
     def __init__(self, n: int):
         self.n = n
+        self._attr = f"_count_{type(self).__name__}"
 
     def __call__(self, retry_state: RetryCallState) -> bool:
-        failures = getattr(retry_state, "failures", 0)
+        count = getattr(retry_state, self._attr, 0)
         exc = retry_state.outcome.exception() if retry_state.outcome else None
-        if not isinstance(exc, RateLimited):
-            failures += 1
-        retry_state.failures = failures  # type: ignore[attr-defined]
-        return failures >= self.n
+        if isinstance(exc, self.counted) and not isinstance(exc, self.excluded):
+            count += 1
+        setattr(retry_state, self._attr, count)
+        return count >= self.n
 
 
-class wait_unless_rate_limited(wait_base):
-    """No per-thread sleep after a 429 (the shared cooldown does the waiting); else `then`."""
+class stop_after_failures(_stop_after_counted):
+    """Stop after n failed attempts, not counting 429s or an unreachable endpoint: being told
+    to wait is not failing."""
+
+    counted = (Exception,)
+    excluded = _POOL_WAITS
+
+
+class stop_after_unusable_images(_stop_after_counted):
+    """Stop after n billed answers that held no usable image: each one was paid for, and a
+    proxy or a server that answers so once usually does so again."""
+
+    counted = (UnusableImage,)
+
+
+class wait_unless_pool_waits(wait_base):
+    """No per-thread sleep after a 429 or an unreachable endpoint (the shared gate does the
+    waiting); else `then`."""
 
     def __init__(self, then: wait_base):
         self.then = then
 
     def __call__(self, retry_state: RetryCallState) -> float:
         exc = retry_state.outcome.exception() if retry_state.outcome else None
-        return 0.0 if isinstance(exc, RateLimited) else self.then(retry_state)
+        return 0.0 if isinstance(exc, _POOL_WAITS) else self.then(retry_state)
 
 
 def retrying(
@@ -161,6 +261,7 @@ def retrying(
     stop_event: threading.Event,
     backoff_s: float = 1.0,
     backoff_max_s: float = 30.0,
+    max_unusable: int = 2,
     before_sleep: Callable[[RetryCallState], None] | None = None,
 ) -> Retrying:
     def sleep(seconds: float) -> None:
@@ -168,9 +269,13 @@ def retrying(
             raise Stopping()
 
     return Retrying(
-        retry=retry_if_exception_type((TransientError, RateLimited)),
-        stop=stop_any(stop_after_failures(max_attempts), stop_when_event_set(stop_event)),
-        wait=wait_unless_rate_limited(wait_random_exponential(multiplier=backoff_s, max=backoff_max_s)),
+        retry=retry_if_exception_type((TransientError, *_POOL_WAITS)),
+        stop=stop_any(
+            stop_after_failures(max_attempts),
+            stop_after_unusable_images(max_unusable),
+            stop_when_event_set(stop_event),
+        ),
+        wait=wait_unless_pool_waits(wait_random_exponential(multiplier=backoff_s, max=backoff_max_s)),
         sleep=sleep,
         before_sleep=before_sleep,
         reraise=True,

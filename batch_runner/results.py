@@ -163,9 +163,15 @@ def current_frame(out: OutputDir, journal: Replay | None = None) -> pd.DataFrame
     return frame.reset_index()
 
 
-def summarize(out: OutputDir, price_per_image: float = api_spec.PRICE_PER_IMAGE) -> dict[str, Any]:
-    """Counts by status, spend and what is left: what `batch-runner status` prints."""
+def summarize(out: OutputDir, price_per_image: float | None = None) -> dict[str, Any]:
+    """Counts by status, spend and what is left: what `batch-runner status` prints.
+
+    `spent_usd` is what answers confirmed; `possibly_billed_usd` values every attempt that got
+    no answer (a timeout, a cut connection, a crash between send and answer) at the price of
+    an image, since the API cannot say whether it charged them. Together they are the most
+    the invoice can show."""
     journal = replay(out.journal)
+    price = price_per_image or journal.price or api_spec.PRICE_PER_IMAGE
     frame = current_frame(out, journal)
     counts = {s: 0 for s in ("succeeded", "failed", "pending", "sent")}
     if "status" in frame.columns:
@@ -179,8 +185,9 @@ def summarize(out: OutputDir, price_per_image: float = api_spec.PRICE_PER_IMAGE)
         "items": int(len(frame)),
         "counts": counts,
         "spent_usd": round(journal.spent, 6),
+        "possibly_billed_usd": round(journal.unanswered * price, 6),
         "left": left,
-        "left_estimated_cost_usd": round(left * price_per_image, 6),
+        "left_estimated_cost_usd": round(left * price, 6),
         "unanswered_attempts": journal.unanswered,
         "rate_limited": sum(s.rate_limited for s in journal.items.values()),
         "runs": len(runs),

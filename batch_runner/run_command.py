@@ -24,7 +24,8 @@ def register_run(sub: argparse._SubParsersAction) -> None:
         help="generate every item of a job; resumes where it stopped",
         description="Generate every item of JOB. Running the same command again resumes: finished items are "
         "skipped. Exit codes: 0 all succeeded, 1 some failed, 2 bad input, 3 stopped on credits or budget, "
-        "4 fatal API error, 5 output folder busy, 130 interrupted.",
+        "4 fatal API error, 5 output folder busy, 70 internal error, 74 output folder not writable, "
+        "75 temporary (endpoint unreachable or rate-limiting past --max-wait: run again later), 130 interrupted.",
     )
     p.add_argument("job", help="a .yaml or .csv/.tsv manifest")
     p.add_argument("--output", "-o", help="results folder (default outputs/<job name>)")
@@ -34,6 +35,13 @@ def register_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--retry-failed", action="store_true", help="send items that failed in earlier runs again")
     p.add_argument("--max-attempts", type=_positive_int, default=5, help="tries per item for retryable errors")
     p.add_argument("--timeout", type=_positive, default=120.0, help="overall seconds allowed per request")
+    p.add_argument(
+        "--max-wait",
+        type=_positive,
+        default=900.0,
+        help="seconds the pool waits for an unreachable or rate-limiting server before it stops with exit 75 "
+        "(default 900)",
+    )
     p.add_argument(
         "--progress",
         choices=("auto", "bar", "log", "quiet"),
@@ -56,12 +64,20 @@ def _read_key(args: argparse.Namespace) -> str:
     if args.api_key_file:
         path = Path(args.api_key_file)
         try:
-            key = path.read_text(encoding="utf-8").strip()
+            text = path.read_text(encoding="utf-8")
         except OSError as exc:
             raise UsageError(f"--api-key-file {path}: cannot read it ({exc.strerror})")
-        if not key:
+        except UnicodeDecodeError:
+            raise UsageError(f"--api-key-file {path} is not UTF-8 text; put only the API key in it")
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        if not lines:
             raise UsageError(f"--api-key-file {path} is empty; put the API key in it")
-        return key
+        if len(lines) > 1:
+            # Which line is the key? Guessing could send a password or a second account's key.
+            raise UsageError(
+                f"--api-key-file {path} has {len(lines)} non-empty lines; it must hold only the API key, on one line"
+            )
+        return lines[0]
     key = os.environ.get(API_KEY_ENV, "").strip()
     if not key:
         raise UsageError(
@@ -105,12 +121,21 @@ def cmd_run(args: argparse.Namespace) -> int:
         progress=args.progress,
         log_interval_s=args.log_interval,
         resume_command=_resume_command(args, output),
+        max_wait_s=args.max_wait,
     )
     try:
         report = Runner(job, options).run()
     except AlreadyRunning as exc:
         print(f"error: {exc}; wait for it to finish, or use another --output", file=sys.stderr)
         return exit_codes.LOCKED
+    except OSError as exc:
+        # Before anything was sent: the folder, its lock or its journal cannot be written.
+        where = exc.filename or output
+        print(
+            f"error: cannot write to {where} ({exc.strerror or exc}); free some space or choose a writable --output",
+            file=sys.stderr,
+        )
+        return exit_codes.OUTPUT_ERROR
     finally:
         if sandbox is not None:
             sandbox.close()
@@ -146,7 +171,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"  pending     {c['pending']:>8,}")
     if c["sent"]:
         print(f"  sent        {c['sent']:>8,}   (no answer on record: may have been billed)")
-    print(f"  spent       {humanize.money(summary['spent_usd']):>8}")
+    print(f"  spent       {humanize.money(summary['spent_usd']):>8}   (confirmed by the server's answers)")
+    if summary["unanswered_attempts"]:
+        print(
+            f"  possibly    {humanize.money(summary['possibly_billed_usd']):>8}   "
+            f"({summary['unanswered_attempts']:,} attempt(s) with no answer: may have been billed)"
+        )
     print(f"  left        {summary['left']:>8,}   (~{humanize.money(summary['left_estimated_cost_usd'])})")
     if summary["rate_limited"]:
         print(f"  429s        {summary['rate_limited']:>8,}")

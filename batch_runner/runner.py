@@ -7,7 +7,9 @@ so memory holds the items in flight, not one future per item.
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -27,6 +29,7 @@ from .client import (
     OutOfCredits,
     RateLimited,
     TransientError,
+    Unreachable,
     check_image,
 )
 from .errors import UsageError
@@ -34,7 +37,7 @@ from .items import Deduplicated, Item
 from .journal import Journal, Replay, replay
 from .manifest import Job
 from .output_dir import OutputDir
-from .policies import Budget, BudgetExhausted, Cooldown, RpmLimiter, Stopping, retrying
+from .policies import Budget, BudgetExhausted, Cooldown, GiveUp, RpmLimiter, Stopping, retrying
 from .progress import Progress
 from .results import write_manifest
 from .settings import Settings
@@ -54,6 +57,7 @@ class RunOptions:
     log_interval_s: float = 30.0
     resume_command: str = "batch-runner run JOB"
     backoff_s: float = 1.0
+    max_wait_s: float = 900.0  # the longest the pool waits for an unreachable or rate-limiting server
 
 
 @dataclass
@@ -62,7 +66,10 @@ class Tally:
 
     succeeded: int = 0
     failed: int = 0
-    spent: float = 0.0
+    spent: float = 0.0  # confirmed by an answer
+    possibly_billed: float = 0.0  # attempts with no answer that may have reached the server
+    unanswered: int = 0
+    lost_images: int = 0  # paid for, received, but could not be saved
     in_flight: int = 0
     rate_limited: int = 0
     retries: int = 0
@@ -92,8 +99,12 @@ class RunReport:
     pending: int
     spent_run: float
     spent_total: float
-    unanswered: int
+    unanswered: int  # attempts an earlier run left with no answer, found at the start
     recovered: int
+    possibly_billed_run: float = 0.0
+    possibly_billed_total: float = 0.0
+    unanswered_total: int = 0
+    lost_images: int = 0
 
 
 class Runner:
@@ -134,7 +145,12 @@ class Runner:
                 history = replay(self.out.journal)
             total, todo, unanswered = self._count(history)
             journal.run_started(
-                job=self.job.name, items=total, todo=todo, sandbox=self.options.sandbox, pid=os.getpid()
+                job=self.job.name,
+                items=total,
+                todo=todo,
+                sandbox=self.options.sandbox,
+                pid=os.getpid(),
+                price_per_image=self.settings.price_per_image,
             )
             self.states = history.items
             self._fold(history)
@@ -195,11 +211,14 @@ class Runner:
         """One pass over the plan: how many items, how many still to send, and how many of
         those were sent before with no answer on record (they may have been billed)."""
         total = todo = unanswered = 0
+        self._todo_pixels = 0
         for item in self._plan():
             total += 1
             state = history.items.get(item.item_id)
             if self._wanted(state):
                 todo += 1
+                width, height = api_spec.resolution_size(item.params.get("resolution"))
+                self._todo_pixels += width * height
                 if state is not None and state.status == "sent":
                     unanswered += 1
         return total, todo, unanswered
@@ -211,7 +230,12 @@ class Runner:
 
     def _fold(self, history: Replay | None = None) -> None:
         history = history or replay(self.out.journal)
-        write_manifest(self.out, self._plan(), history, self.job.meta_columns)
+        try:
+            write_manifest(self.out, self._plan(), history, self.job.meta_columns)
+        except OSError as exc:
+            # The journal holds everything; the manifest is a view rebuilt on the next run.
+            self._stop_on_output_error(exc)
+            self.log(f"warning: could not rewrite {self.out.manifest} ({exc.strerror}); the journal has every result")
 
     def _send_all(
         self, journal: Journal, history: Replay, total: int, todo: int, unanswered: int, recovered: int
@@ -231,17 +255,20 @@ class Runner:
                 f"note: {unanswered} item(s) were sent by an earlier run that stopped before their answer; "
                 "they may have been billed, and will be sent again"
             )
-        if todo == 0:
+        if todo == 0 or self.stop_reason is not None:
             return self._report(total, todo, history, recovered, unanswered)
 
+        self._check_disk_space(todo)
         self.client = Client(
             o.endpoint, o.api_key, pool_size=s.concurrency, timeout_s=o.timeout_s, price_per_image=s.price_per_image
         )
         self._check_credits(todo)
         self.journal = journal
+        # What the server may have billed already: confirmed spend, plus every attempt that
+        # got no answer, across all runs of this output.
         spent_before = history.spent + history.unanswered * s.price_per_image
         self.budget = Budget(s.max_cost, spent_before, s.price_per_image)
-        self.cooldown = Cooldown(self.stop_event, base_s=o.backoff_s)
+        self.cooldown = Cooldown(self.stop_event, base_s=o.backoff_s, max_wait_s=o.max_wait_s)
         self.limiter = RpmLimiter(s.rpm, self.stop_event)
         self._items = self._todo()
         progress = Progress(todo, self.tally, mode=o.progress, interval_s=o.log_interval_s, log=self.log)
@@ -272,6 +299,19 @@ class Runner:
         self._fold(final)
         return self._report(total, todo, final, recovered, unanswered)
 
+    def _check_disk_space(self, todo: int) -> None:
+        # Half a byte a pixel is a generous JPEG; a full disk stops the run cleanly anyway.
+        need = int(self._todo_pixels * 0.5)
+        try:
+            free = shutil.disk_usage(self.out.path).free
+        except OSError:
+            return
+        if free < need:
+            self.log(
+                f"warning: {humanize.size(free)} free where {self.out.path} is; {todo:,} image(s) may need about "
+                f"{humanize.size(need)}. The run stops cleanly if the disk fills, and can be resumed."
+            )
+
     def _check_credits(self, todo: int) -> None:
         balance = self.client.credits()
         need = todo * self.settings.price_per_image
@@ -290,11 +330,16 @@ class Runner:
             return next(self._items, None)
 
     def _worker(self) -> None:
-        while True:
-            item = self._next_item()
-            if item is None:
-                return
-            self._process(item)
+        try:
+            while True:
+                item = self._next_item()
+                if item is None:
+                    return
+                self._process(item)
+        except OSError as exc:  # a journal line or an image that the disk refused
+            self._stop_on_output_error(exc)
+        except Exception as exc:  # noqa: BLE001 - a dead worker must stop the run, never vanish
+            self._stop("internal", f"{type(exc).__name__}: {exc}")
 
     def _process(self, item: Item) -> None:
         state = self.states.get(item.item_id)
@@ -313,25 +358,35 @@ class Runner:
             self._stop("fatal", f"HTTP {exc.http_status}: {exc.message}")
         except BudgetExhausted:
             self._stop("budget", "")
-        except Stopping:
-            pass
+        except GiveUp as exc:
+            self._stop(exc.reason, exc.message)
+        except (Stopping, Unreachable):
+            pass  # the run is stopping; the item stays pending
         except ItemRejected as exc:
             self._fail(item, exc)
         except (TransientError, RateLimited) as exc:
             if not self.stop_event.is_set():  # out of attempts, not cut short by a stop
                 self._fail(item, exc)
+        except OSError as exc:
+            self._stop_on_output_error(exc)  # the journal could not be written: nothing was sent
         else:
             self._succeed(item, generated, attempt, latency)
 
     def _attempt(self, item: Item, progress: _ItemProgress) -> tuple[Generated, int, float]:
         self.cooldown.wait()
+        if (give_up := self.cooldown.give_up()) is not None:
+            raise give_up
         self.limiter.acquire()
         if self.stop_event.is_set():
             raise Stopping()
         reserved = self.budget.reserve()
-        progress.attempts += 1
-        attempt = progress.attempts
-        self.journal.sent(item.item_id, attempt, progress.row)
+        try:
+            progress.attempts += 1
+            attempt = progress.attempts
+            self.journal.sent(item.item_id, attempt, progress.row)
+        except BaseException:
+            self.budget.settle(reserved, 0.0)  # not sent: the journal line could not be written
+            raise
         progress.row = None
         self.tally.add(in_flight=1)
         started = time.monotonic()
@@ -339,15 +394,29 @@ class Runner:
             generated = self.client.generate(item.params)
         except ApiError as exc:
             latency = time.monotonic() - started
-            # An attempt with no status line may still have been billed: count it against
-            # the budget as if it were, though the manifest records only known costs.
-            self.budget.settle(reserved, exc.cost if exc.answered else reserved)
-            self.journal.attempt(item.item_id, attempt, exc.http_status, exc.message, exc.cost, exc.answered, latency)
-            self.tally.add(in_flight=-1, spent=exc.cost)
+            # An attempt with no status line may still have been billed: it counts against the
+            # budget and in the ledger as possibly billed, for good. One that provably never
+            # left (no connection) costs nothing.
+            possibly = reserved if exc.possibly_billed else 0.0
+            self.budget.settle(reserved, exc.cost if exc.answered else possibly)
+            self.tally.add(in_flight=-1, spent=exc.cost, possibly_billed=possibly, unanswered=int(exc.possibly_billed))
+            self.journal.attempt(
+                item.item_id, attempt, exc.http_status, exc.message, exc.cost, exc.answered, latency, exc.reached
+            )
             if isinstance(exc, RateLimited):
                 until = self.cooldown.rate_limited(exc.retry_at)
                 self.limiter.defer(until)
                 self.tally.add(rate_limited=1)
+            elif isinstance(exc, Unreachable):
+                self.limiter.defer(self.cooldown.unreachable(exc.message))
+            elif exc.answered:
+                self.cooldown.answered()
+            raise
+        except BaseException:
+            # A bug, not an answer: the request may have gone out, so it stays possibly billed
+            # (its `sent` line has no outcome after it).
+            self.budget.settle(reserved, reserved)
+            self.tally.add(in_flight=-1)
             raise
         self.budget.settle(reserved, generated.cost)
         self.cooldown.succeeded()
@@ -359,7 +428,11 @@ class Runner:
         # the item done.
         card = recipe.make(item.item_id, item.params, item.meta, self.job.name, generated.seed_value)
         image = recipe.embed(generated.image, generated.extension, card)
-        image_path = self.out.save_image(item.item_id, image, generated.extension)
+        try:
+            image_path = self.out.save_image(item.item_id, image, generated.extension)
+        except OSError as exc:
+            self._lose_paid_image(item, generated, attempt, exc)
+            return
         self.journal.done(
             item.item_id,
             "succeeded",
@@ -374,6 +447,30 @@ class Runner:
             remaining_credits=generated.remaining_credits,
         )
         self.tally.add(succeeded=1)
+
+    def _lose_paid_image(self, item: Item, generated: Generated, attempt: int, exc: OSError) -> None:
+        """The image was paid for and received, but the disk refused it. Put the charge on the
+        books if the journal still takes a line (else its `sent` line keeps it possibly
+        billed), leave the item pending, and stop: every later image would be lost too."""
+        self.tally.add(lost_images=1)
+        try:
+            self.journal.attempt(
+                item.item_id, attempt, 200, f"received but not saved: {exc.strerror}", generated.cost, True, 0.0
+            )
+        except OSError:
+            pass
+        self._stop_on_output_error(exc)
+
+    def _stop_on_output_error(self, exc: OSError) -> None:
+        if exc.errno == errno.ENOSPC:
+            what = "the disk is full"
+        elif exc.errno == errno.EROFS:
+            what = "the file system is read-only"
+        elif exc.errno in (errno.EACCES, errno.EPERM):
+            what = "permission denied"
+        else:
+            what = exc.strerror or type(exc).__name__
+        self._stop("output", what)
 
     def _fail(self, item: Item, exc: ApiError) -> None:
         self.journal.done(item.item_id, "failed", error=exc.message, http_status=exc.http_status)
@@ -421,18 +518,13 @@ class Runner:
             if state is not None and state.status in counts:
                 counts[state.status] += 1
         pending = total - counts["succeeded"] - counts["failed"]
-        reason = self.stop_reason
-        if reason in ("credits", "spend-limit", "budget"):
-            code = exit_codes.BUDGET
-        elif reason in ("fatal", "content-type"):  # a proxy or client fault, not money
-            code = exit_codes.FATAL_API
-        elif reason == "interrupted":
-            code = exit_codes.INTERRUPTED
-        else:
-            code = exit_codes.FAILED_ITEMS if counts["failed"] else exit_codes.OK
+        if self.stop_reason is None and pending and todo:
+            # Every worker ended, yet work is left: never let that pass as success.
+            self._stop("internal", f"{pending:,} item(s) were left unsent with no reason to stop")
+        price = self.settings.price_per_image
         report = RunReport(
-            exit_code=code,
-            stop_reason=reason,
+            exit_code=_EXIT_CODES.get(self.stop_reason, exit_codes.OK),
+            stop_reason=self.stop_reason,
             message="",
             total=total,
             todo=todo,
@@ -443,7 +535,13 @@ class Runner:
             spent_total=final.spent,
             unanswered=unanswered,
             recovered=recovered,
+            possibly_billed_run=self.tally.possibly_billed,
+            possibly_billed_total=final.unanswered * price,
+            unanswered_total=final.unanswered,
+            lost_images=self.tally.lost_images,
         )
+        if report.exit_code == exit_codes.OK and counts["failed"]:
+            report.exit_code = exit_codes.FAILED_ITEMS
         report.message = self._describe(report)
         return report
 
@@ -460,12 +558,30 @@ class Runner:
             "fatal": f"stopped: the API refused the configuration ({self.stop_message}); "
             "check the key, its permissions and --endpoint",
             "interrupted": f"stopped: interrupted ({self.stop_message})",
+            "unreachable": f"stopped: {self.stop_message}; the items it could not send are pending, not failed",
+            "rate-limited": f"stopped: the server is rate-limiting ({self.stop_message})",
+            "output": f"stopped: cannot write to {self.out.path} ({self.stop_message})",
+            "internal": f"stopped: internal error ({self.stop_message}); this is a bug, please report it",
         }[r.stop_reason]
         lines.append(headline)
         lines.append(
             f"  {r.succeeded:,} of {r.total:,} succeeded, {r.failed:,} failed, {r.pending:,} pending; "
             f"spent {humanize.money(r.spent_run)} this run, {humanize.money(r.spent_total)} in all"
         )
+        if r.unanswered_total:
+            lines.append(
+                f"  possibly billed: {humanize.money(r.possibly_billed_total)} more in all, for "
+                f"{r.unanswered_total:,} attempt(s) with no answer ({humanize.money(r.possibly_billed_run)} this run); "
+                "the API cannot say whether it charged them"
+            )
+        if r.stop_reason == "output":
+            if r.lost_images:
+                lines.append(
+                    f"  {r.lost_images:,} paid image(s) arrived but could not be saved: they are on the books as "
+                    "billed, and will be generated (and billed) again when the run is resumed"
+                )
+            else:
+                lines.append("  no paid image was lost: every image received before the stop is saved")
         lines.append(f"  results: {self.out.manifest}")
         if r.failed and r.stop_reason is None:
             lines.append("  failed items are retried only with --retry-failed")
@@ -475,6 +591,25 @@ class Runner:
                 "spend-limit": "raise the team's spend limit, then resume with",
                 "budget": "raise --max-cost, then resume with",
                 "fatal": "fix the configuration, then resume with",
+                "unreachable": "run the same command later",
+                "rate-limited": "run the same command later",
+                "output": "free some space (or fix the folder's permissions), then resume with",
+                "internal": "results received so far are safe; resume with",
             }.get(r.stop_reason, "resume with")
-            lines.append(f"  nothing is lost; {what}:\n    {self.options.resume_command}")
+            lost = "nothing is lost" if not r.lost_images else "every result that was saved is kept"
+            lines.append(f"  {lost}; {what}:\n    {self.options.resume_command}")
         return "\n".join(lines)
+
+
+_EXIT_CODES = {
+    "credits": exit_codes.BUDGET,
+    "spend-limit": exit_codes.BUDGET,
+    "budget": exit_codes.BUDGET,
+    "fatal": exit_codes.FATAL_API,
+    "content-type": exit_codes.FATAL_API,  # a proxy or client fault, not money
+    "interrupted": exit_codes.INTERRUPTED,
+    "unreachable": exit_codes.TEMPORARY,
+    "rate-limited": exit_codes.TEMPORARY,
+    "output": exit_codes.OUTPUT_ERROR,
+    "internal": exit_codes.INTERNAL,
+}
