@@ -6,14 +6,15 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import fields
 from pathlib import Path
 
 from . import __version__, exit_codes, humanize
 from .errors import ManifestError, UsageError
-from .manifest import Job, RunSettings, load_job
+from .manifest import Job, clash_reason, load_job
 from .plan import ItemsWriter, Plan, build_plan
-from .settings import Settings, resolve
+from .settings import RunSettings, Settings, parse_setting, resolve
 
 
 def _positive_int(text: str) -> int:
@@ -43,24 +44,48 @@ def _positive(text: str) -> float:
     return value
 
 
+def _setting(name: str) -> Callable[[str], int | float]:
+    """The argparse type of a run-setting flag: the same limits as the manifest's key."""
+
+    def parse(text: str) -> int | float:
+        try:
+            return parse_setting(name, text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc))
+
+    return parse
+
+
 def add_run_settings(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("run settings (override the manifest)")
     group.add_argument(
-        "--concurrency", type=_positive_int, help="requests in flight at once (default: manifest, else 4)"
+        "--concurrency",
+        type=_setting("concurrency"),
+        metavar="N",
+        help="requests in flight at once (default: manifest, else 4)",
     )
-    group.add_argument("--rpm", type=_positive, help="client-side limit in requests per minute, shared by all workers")
     group.add_argument(
-        "--max-cost", type=_non_negative, help="never spend more than this many dollars in this output folder"
+        "--rpm",
+        type=_setting("rpm"),
+        metavar="N",
+        help="client-side limit in requests per minute, shared by all workers",
     )
     group.add_argument(
-        "--price-per-image", type=_positive, help="dollars per image when the server sends no x-cost (default 0.063)"
+        "--max-cost",
+        type=_setting("max_cost"),
+        metavar="USD",
+        help="never spend more than this many dollars in this output folder",
+    )
+    group.add_argument(
+        "--price-per-image",
+        type=_setting("price_per_image"),
+        metavar="USD",
+        help="dollars per image when the server sends no x-cost (default 0.063)",
     )
 
 
 def flag_settings(args: argparse.Namespace) -> RunSettings:
-    return RunSettings(
-        concurrency=args.concurrency, rpm=args.rpm, max_cost=args.max_cost, price_per_image=args.price_per_image
-    )
+    return RunSettings(**{f.name: getattr(args, f.name, None) for f in fields(RunSettings)})
 
 
 def load(args: argparse.Namespace) -> tuple[Job, Settings]:
@@ -100,6 +125,8 @@ def render_plan(plan: Plan) -> str:
             sample = ", ".join(humanize.clip(v, 32) for v in axis.sample[:4])
             more = ", …" if axis.count > 4 else ""
             lines.append(f"    {axis.name.ljust(width)}  {count.rjust(7)}  {sample}{more}")
+    for old, new in job.renamed.items():
+        lines.append(f"  renamed    {old} → {new} ({clash_reason(old)})")
     lines.append(
         f"  cost       {humanize.money(plan.estimated_cost)} estimated "
         f"({plan.items:,} × {humanize.price(s.price_per_image)})"

@@ -8,6 +8,31 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+# Columns the tool itself writes beside a job's metadata columns: item_id and the state columns
+# of manifest.parquet (results.STATE_COLUMNS; a test keeps the two equal), and file_name and text
+# of metadata.jsonl (Hugging Face imagefolder). Kept here, not in results.py, so that `plan`
+# never imports pandas. A metadata column with one of these names is renamed meta_<name>.
+OUTPUT_COLUMNS = (
+    "item_id",
+    "status",
+    "attempts",
+    "http_status",
+    "error",
+    "latency_s",
+    "cost_usd",
+    "remaining_credits",
+    "seed_value",
+    "request_id",
+    "image_path",
+    "first_sent_at",
+    "finished_at",
+    "rate_limited",
+    "unanswered",
+    "in_plan",
+    "file_name",
+    "text",
+)
+
 
 @dataclass(frozen=True, slots=True)
 class Item:

@@ -8,62 +8,64 @@ validated once, where they are written, so expanding a million items costs no va
 
 from __future__ import annotations
 
-import csv
-import io
 import itertools
 import json
+import math
 import os
 import random
 import re
+import stat
 import string
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from . import api_spec
+from . import api_spec, humanize
 from .errors import ManifestError, Problem
-from .items import Item, make_item
+from .items import OUTPUT_COLUMNS, Item, make_item
+from .settings import LIMITS, RunSettings, parse_setting
 
-TOP_LEVEL_KEYS = (
-    "name",
-    "description",
-    "defaults",
-    "grid",
-    "zip",
-    "vars",
-    "concurrency",
-    "rpm",
-    "max_cost",
-    "price_per_image",
-)
+TOP_LEVEL_KEYS = ("name", "description", "defaults", "grid", "zip", "vars", *LIMITS)
+# One job may expand to at most this many items (before duplicates are dropped). Counted before
+# anything is expanded, so a typo that makes a grid of 10^10 fails at once instead of running
+# for hours; and 10 million items is already ~$630,000 at $0.063 an image.
+MAX_ITEMS = 10_000_000
+# A manifest is a few levels deep (grid: → axis → list → palette → members); deeper nesting is a
+# mistake, and thousands of levels would exhaust Python's recursion limit.
+MAX_YAML_DEPTH = 64
+# Values after YAML anchors and aliases (*name) are expanded, so a "billion laughs" file is
+# refused instead of taking the machine's memory. A list of a million prompts is a million values.
+MAX_YAML_VALUES = 5_000_000
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _SEED_RANGE = re.compile(r"\s*(\d+)\s*-\s*(\d+)\s*")
 _UNESCAPED_PIPE = re.compile(r"(?<!\\)\|")
 _AXIS_SAMPLE_CAP = 10_000
-
-
-@dataclass(frozen=True)
-class RunSettings:
-    """Run settings a manifest may carry; None means 'not set here'."""
-
-    concurrency: int | None = None
-    rpm: float | None = None
-    max_cost: float | None = None
-    price_per_image: float | None = None
+_SEED_COUNT = api_spec.SEED_MAX - api_spec.SEED_MIN + 1
+_LINE_END = re.compile(r"\r\n|\r|\n")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
 class Template:
-    """A prompt with {placeholders}, filled from the item's other values."""
+    """A prompt with {placeholders}, filled from the item's other values.
+
+    Only plain names are allowed ({animal}, never {animal!r} or {seed:.2f}), and values go in as
+    text, so filling can never fail on a value the manifest gave.
+    """
 
     text: str
-    fields: tuple[str, ...]
+    parts: tuple[tuple[str, str | None], ...]  # (literal text, field name or None)
+    line: int | None = None
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        return tuple(name for _, name in self.parts if name is not None)
 
     def fill(self, values: dict[str, Any]) -> str:
-        return self.text.format_map(values)
+        return "".join(text + ("" if name is None else str(values[name])) for text, name in self.parts)
 
 
 @dataclass
@@ -77,6 +79,9 @@ class Block:
     base: dict[str, Any]
     dims: list[list[Point]]
     where: str  # "file:line", to blame a template that fills to nothing
+    # Metadata columns renamed so they never clash with the tool's columns: applied after the
+    # prompt template is filled, so templates use the names the user wrote.
+    renames: dict[str, str] = field(default_factory=dict)
 
     def size(self) -> int:
         n = 1
@@ -104,6 +109,8 @@ class Job:
     meta_columns: list[str]
     axes: list[Axis]
     blocks: list[Block]
+    # Metadata columns renamed because they clash with a request parameter or an output column.
+    renamed: dict[str, str] = field(default_factory=dict)
 
     def expanded_count(self) -> int:
         """Items before duplicates are dropped, without expanding anything."""
@@ -116,7 +123,7 @@ class Job:
 
 
 def _expand(block: Block) -> Iterator[Item]:
-    base = block.base
+    base, renames = block.base, block.renames
     for combo in itertools.product(*block.dims):
         params = dict(base)
         meta: dict[str, Any] = {}
@@ -125,13 +132,57 @@ def _expand(block: Block) -> Iterator[Item]:
             meta.update(point.meta)
         prompt = params.get("prompt")
         if isinstance(prompt, Template):
-            filled = prompt.fill({**params, **meta})
+            # Request parameters win over a value file's column of the same name.
+            filled = prompt.fill({**meta, **params})
             if not filled.strip():
-                raise ManifestError(
-                    [Problem(block.where, None, f"template {prompt.text!r} fills to an empty prompt with {meta}")]
-                )
+                message = f"template {prompt.text!r} fills to an empty prompt with {meta}; give those values text"
+                raise ManifestError([Problem(block.where, prompt.line, message)])
             params["prompt"] = filled
+        if renames:
+            meta = {renames.get(k, k): v for k, v in meta.items()}
         yield make_item(params, meta)
+
+
+# --------------------------------------------------------------------------------------------
+# Column names
+
+
+def clash_reason(column: str) -> str | None:
+    """Why a metadata column cannot keep its name, or None when it can."""
+    lowered = column.lower()
+    if lowered in api_spec.PARAMETERS:
+        return "clashes with an API parameter"
+    if lowered in OUTPUT_COLUMNS:
+        return "clashes with an output column"
+    return None
+
+
+def _column_renames(columns: Iterable[str]) -> dict[str, str]:
+    """Metadata columns that would clash with the tool's columns, renamed meta_<name>.
+
+    Compared ignoring case, and again after renaming: with both 'status' and 'meta_status'
+    columns, 'status' becomes 'meta_meta_status'.
+    """
+    names = list(dict.fromkeys(columns))
+    taken = {n.lower() for n in names}
+    renames: dict[str, str] = {}
+    for name in names:
+        if clash_reason(name) is None:
+            continue
+        new = f"meta_{name}"
+        while new.lower() in taken or clash_reason(new):
+            new = f"meta_{new}"
+        taken.add(new.lower())
+        renames[name] = new
+    return renames
+
+
+def _too_many_items(total: int, axes: Iterable[tuple[str, int]]) -> str:
+    sizes = " × ".join(f"{name} {count:,}" for name, count in axes)
+    return (
+        f"the job expands to {total:,} items ({sizes}), more than the {MAX_ITEMS:,} one job may have; "
+        "shrink an axis or split the job into several manifests"
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -142,10 +193,8 @@ def load_job(path: str | os.PathLike[str]) -> Job:
     """Read and validate a manifest; raise ManifestError listing every problem found."""
     path = Path(path)
     shown = _display(path)
-    if not path.exists():
-        raise ManifestError([Problem(shown, None, "no such file; check the path")])
-    if path.is_dir():
-        raise ManifestError([Problem(shown, None, "is a folder; give a .yaml, .csv or .tsv manifest")])
+    if problem := _file_problem(path, "a .yaml, .csv or .tsv manifest"):
+        raise ManifestError([Problem(shown, None, problem)])
     text = _read_text(path, shown)
     suffix = path.suffix.lower()
     if suffix in (".csv", ".tsv"):
@@ -162,6 +211,22 @@ def _display(path: Path) -> str:
     except ValueError:
         return str(path)
     return str(path.absolute()) if relative.startswith("..") else relative
+
+
+def _file_problem(path: Path, wanted: str) -> str | None:
+    """Why path is not a file that can be read, or None. Looked at, never opened: opening a
+    FIFO blocks until something writes to it, and /dev/zero never ends."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "no such file; check the path"
+    except (OSError, ValueError) as exc:
+        return f"cannot be opened ({getattr(exc, 'strerror', None) or exc}); check the path"
+    if stat.S_ISDIR(mode):
+        return f"is a folder; give {wanted}"
+    if not stat.S_ISREG(mode):
+        return f"is not a regular file but a pipe, socket or device; save it as a file and give {wanted}"
+    return None
 
 
 def _read_text(path: Path, shown: str) -> str:
@@ -191,8 +256,67 @@ class _LineList(list):
     lines: list[int]
 
 
+class _YamlLimit(yaml.YAMLError):
+    """Input PyYAML would accept but the manifest must not: too deep, too big, not Unicode."""
+
+    def __init__(self, mark: yaml.Mark, message: str):
+        super().__init__(message)
+        self.mark = mark
+        self.message = message
+
+
 class _LineLoader(yaml.SafeLoader):
     duplicate_keys: list[tuple[Any, int]]
+
+    def __init__(self, stream: str):
+        super().__init__(stream)
+        self.duplicate_keys = []
+        self._depth = 0
+        self._sizes: dict[int, int] = {}  # id(node) -> values in it, aliases expanded
+
+    def compose_node(self, parent: Any, index: Any) -> yaml.Node:
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                raise _YamlLimit(
+                    self.peek_event().start_mark,
+                    f"values are nested more than {MAX_YAML_DEPTH} levels deep; "
+                    "a manifest needs only a few (grid: → axis → list of values)",
+                )
+            node = super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+        if isinstance(node, yaml.ScalarNode):
+            size = 1
+            if _SURROGATE.search(node.value):
+                node.value = _join_surrogates(node.value, node.start_mark)
+        elif isinstance(node, yaml.SequenceNode):
+            size = 1 + sum(self._sizes.get(id(child), 1) for child in node.value)
+        else:
+            size = 1 + sum(self._sizes.get(id(k), 1) + self._sizes.get(id(v), 1) for k, v in node.value)
+        self._sizes[id(node)] = size
+        if size > MAX_YAML_VALUES:
+            raise _YamlLimit(
+                node.start_mark,
+                f"this value expands to more than {MAX_YAML_VALUES:,} values through anchors and aliases (*name); "
+                "write the values out, or read them from a file with {file: values.txt}",
+            )
+        return node
+
+
+def _join_surrogates(text: str, mark: yaml.Mark) -> str:
+    """Escaped surrogate pairs ("\\ud83d\\ude00", as JSON writes 😀) become the character; a lone
+    surrogate is not a character at all and could never be sent as UTF-8."""
+    try:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16")
+    except UnicodeDecodeError:
+        lone = _SURROGATE.search(text)
+        code = f"\\u{ord(lone[0]):04x}" if lone else "a \\uD800-\\uDFFF escape"
+        raise _YamlLimit(
+            mark,
+            f"the escape {code} is a lone surrogate, which is not valid Unicode; "
+            "write the character itself, or \\U0001F600-style escapes for characters beyond U+FFFF",
+        )
 
 
 def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> _LineDict:
@@ -220,8 +344,23 @@ def _construct_sequence(loader: _LineLoader, node: yaml.SequenceNode) -> _LineLi
     return result
 
 
+def _construct_int(loader: _LineLoader, node: yaml.ScalarNode) -> int:
+    try:
+        return yaml.constructor.SafeConstructor.construct_yaml_int(loader, node)
+    except ValueError:  # more digits than Python converts (4,300)
+        raise _YamlLimit(node.start_mark, f"the number {node.value[:12]}… is far too long; write a shorter number")
+
+
 _LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 _LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_sequence)
+_LineLoader.add_constructor("tag:yaml.org,2002:int", _construct_int)
+
+
+def _yaml_position(loader: yaml.SafeLoader | None) -> int | None:
+    try:
+        return loader.get_mark().line + 1 if loader else None
+    except Exception:  # noqa: BLE001 - only a better message is lost
+        return None
 
 
 def _line_of(container: Any, key: Any, fallback: int | None = None) -> int | None:
@@ -252,13 +391,13 @@ class _Reader:
         """A value read as text from a CSV cell or a value file, typed for the API."""
         if name == "seed":
             text = raw.strip()
-            return int(text) if re.fullmatch(r"[+-]?\d+", text) else raw
+            return _int(text) if re.fullmatch(r"[+-]?\d+", text) else raw
         if name == "color_palette":
             text = raw.strip()
             if text.startswith("{"):
                 try:
                     return json.loads(text)
-                except json.JSONDecodeError:
+                except (ValueError, RecursionError):  # not JSON, a number too long, nested too deep
                     return raw
             return text
         return raw
@@ -323,18 +462,25 @@ class _YamlManifest(_Reader):
         if "prompt" not in params_present:
             self.problem(doc.line, "no prompt: add 'prompt' under defaults:, grid: or zip:")
         self._check_templates(params_present)
+        total = math.prod(len(dim) for dim in dims)
+        if total > MAX_ITEMS:
+            where = next((k for k in ("grid", "zip", "vars") if k in doc), None)
+            sizes = [(axis.name, axis.count) for axis in self.axes]
+            self.problem(_line_of(doc, where) if where else doc.line, _too_many_items(total, sizes))
         self.raise_if_problems()
 
         # Columns read best as: the prompt, then what varies, then what is fixed.
         param_columns = list(dict.fromkeys(["prompt", *self.axis_params, *base]))
+        renames = _column_renames(self.meta_columns)
         return Job(
             name=name,
             source=self.path,
             settings=settings,
             param_columns=param_columns,
-            meta_columns=self.meta_columns,
+            meta_columns=[renames.get(c, c) for c in self.meta_columns],
             axes=self.axes,
-            blocks=[Block(base=base, dims=dims, where=self.shown)],
+            blocks=[Block(base=base, dims=dims, where=self.shown, renames=renames)],
+            renamed=renames,
         )
 
     def _note_axis(self, name: str, points: list[Point]) -> None:
@@ -346,13 +492,20 @@ class _YamlManifest(_Reader):
                     self.meta_columns.append(key)
 
     def _parse(self) -> _LineDict:
+        loader: _LineLoader | None = None
         try:
             loader = _LineLoader(self.text)
-            loader.duplicate_keys = []
             try:
                 doc = loader.get_single_data()
             finally:
                 loader.dispose()
+        except _YamlLimit as exc:
+            raise ManifestError([Problem(self.shown, exc.mark.line + 1, exc.message)])
+        except RecursionError:
+            # A safety net: MAX_YAML_DEPTH stops deep nesting long before Python's own limit.
+            raise ManifestError(
+                [Problem(self.shown, _yaml_position(loader), "values are nested too deeply; write them more simply")]
+            )
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             if mark is not None:
@@ -385,23 +538,13 @@ class _YamlManifest(_Reader):
 
     def _settings(self, doc: dict) -> RunSettings:
         values: dict[str, Any] = {}
-        for key, kind, minimum in (
-            ("concurrency", int, 1),
-            ("rpm", float, 0),
-            ("max_cost", float, 0),
-            ("price_per_image", float, 0),
-        ):
+        for key in LIMITS:
             if key not in doc:
                 continue
-            value = doc[key]
-            ok = not isinstance(value, bool) and isinstance(value, (int, float) if kind is float else int)
-            if not ok or value < minimum or (key in ("rpm", "price_per_image") and value == 0):
-                rule = "a whole number ≥ 1" if kind is int else "a positive number"
-                if key == "max_cost":
-                    rule = "a number of dollars ≥ 0"
-                self.problem(_line_of(doc, key), f"{key} {value!r} is invalid; use {rule}")
-                continue
-            values[key] = value
+            try:
+                values[key] = parse_setting(key, doc[key])
+            except ValueError as exc:
+                self.problem(_line_of(doc, key), str(exc))
         return RunSettings(**values)
 
     def _defaults(self, doc: dict) -> dict[str, Any]:
@@ -549,26 +692,23 @@ class _YamlManifest(_Reader):
             return
         target = self.path.parent / file_name
         shown = _display(target)
-        if not target.is_file():
-            self.problem(
-                line,
-                f"referenced file {file_name!r} not found (looked for {shown}); "
-                "check the path, which is relative to the manifest",
-            )
+        if problem := _file_problem(target, "a CSV, TSV or text file"):
+            if problem.startswith("no such file"):
+                problem = f"not found (looked for {shown}); check the path, which is relative to the manifest"
+            self.problem(line, f"referenced file {file_name!r} {problem}")
             return
         try:
             text = _read_text(target, shown)
+            rows = _value_rows(target, shown, text, ref.get("column"), key)
         except ManifestError as exc:
             self.problems.extend(exc.problems)
             return
-        rows = _value_rows(target, text, ref.get("column"), key)
         if isinstance(rows, str):
             self.problem(line, rows)
             return
         for n, (file_line, value, meta) in enumerate(rows):
             if limit is not None and n >= limit:
                 break
-            meta = {(_meta_name(k)): v for k, v in meta.items()}
             yield self.coerce(key, value), meta, file_line, shown
 
     def _seeds(self, raw: Any, line: int | None) -> list[int]:
@@ -579,8 +719,8 @@ class _YamlManifest(_Reader):
         for i, item in enumerate(items):
             item_line = _line_of(raw, i, line) if isinstance(raw, list) else line
             if isinstance(item, str) and (match := _SEED_RANGE.fullmatch(item)):
-                low, high = int(match[1]), int(match[2])
-                if low > high:
+                low, high = _int(match[1]), _int(match[2])
+                if isinstance(low, int) and isinstance(high, int) and low > high:
                     self.problem(item_line, f"seed range {item!r} runs backwards; write {high}-{low}")
                     continue
                 for end in (low, high):
@@ -588,6 +728,13 @@ class _YamlManifest(_Reader):
                         self.problem(item_line, problem)
                         break
                 else:
+                    if len(seeds) + high - low + 1 > _SEED_COUNT:
+                        self.problem(
+                            item_line,
+                            f"the seeds add up to more than {_SEED_COUNT:,}, the number of distinct seeds; "
+                            "remove the overlapping ranges",
+                        )
+                        return []
                     seeds.extend(range(low, high + 1))
                 continue
             if problem := api_spec.check_seed(item):
@@ -618,17 +765,32 @@ class _YamlManifest(_Reader):
                 self.problem(line, problem)
             return text
         try:
-            fields = tuple(f for _, f, _, _ in string.Formatter().parse(text) if f is not None)
+            parsed = list(string.Formatter().parse(text))
         except ValueError as exc:
             self.problem(line, f"prompt template {text!r} is malformed ({exc}); write a literal brace as {{{{ or }}}}")
             return text
-        if not fields:
-            return text.format()  # only escaped braces
-        bad = [f for f in fields if not f.isidentifier()]
-        if bad:
-            self.problem(line, f"prompt template field {{{bad[0]}}} must be a plain name, e.g. {{animal}}")
-            return text
-        template = Template(text, fields)
+        parts = tuple((literal, name) for literal, name, _, _ in parsed)
+        if all(name is None for _, name in parts):
+            return "".join(literal for literal, _ in parts)  # only escaped braces
+        for _, name, spec, conversion in parsed:
+            if name is None:
+                continue
+            if not name.isidentifier():
+                self.problem(
+                    line,
+                    f"prompt template field {{{name}}} must be a plain name, e.g. {{animal}}; "
+                    "write a literal brace as {{ or }}",
+                )
+                return text
+            if spec or conversion:
+                written = "{" + name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
+                self.problem(
+                    line,
+                    f"prompt template field {written} has a conversion or format; values go in as written, "
+                    f"so write {{{name}}} (or a literal brace as {{{{ or }}}})",
+                )
+                return text
+        template = Template(text, parts, line)
         self.templates.append((template, line))
         return template
 
@@ -651,34 +813,173 @@ def _axis_label(point: Point) -> Any:
     return labels[0] if len(labels) == 1 else tuple(labels)
 
 
-def _meta_name(column: str) -> str:
-    # Metadata must never shadow a request parameter in the manifest's columns.
-    return f"meta_{column}" if column.lower() in api_spec.PARAMETERS else column
+# --------------------------------------------------------------------------------------------
+# CSV and TSV files: manifests and value files read the same way.
+#
+# A .tsv file is IANA text/tab-separated-values: no quoting at all, every cell exactly as written,
+# so a prompt may begin with a quote. Any other table is CSV as in RFC 4180, with commas (or tabs,
+# when the header has more tabs than commas): a cell that starts with a quote ends at the next
+# lone quote, and "" inside it is one quote. A quote anywhere else is an ordinary character.
 
 
-def _sniff_delimiter(path: Path, header: str) -> str:
+class _TableSyntax(Exception):
+    def __init__(self, line: int, message: str):
+        super().__init__(message)
+        self.line = line
+        self.message = message
+
+
+def _lines(text: str) -> list[str]:
+    """Lines split at \\n, \\r\\n or \\r only: a prompt may hold U+2028, a form feed or U+0085."""
+    lines = _LINE_END.split(text)
+    if lines and lines[-1] == "":
+        lines.pop()  # the file's last line end, not an empty last line
+    return lines
+
+
+def _tsv_records(text: str) -> Iterator[tuple[int, int, list[str]]]:
+    for number, line in enumerate(_lines(text), start=1):
+        yield number, number, line.split("\t")
+
+
+def _line_breaks(text: str) -> int:
+    return text.count("\n") + text.count("\r") - text.count("\r\n")
+
+
+def _csv_records(text: str, delimiter: str) -> Iterator[tuple[int, int, list[str]]]:
+    """(first line, last line, cells) of each record; _TableSyntax where RFC 4180 is broken.
+
+    Python's csv module would instead merge every row after an unclosed quote into one cell.
+    """
+    # Possessive quantifiers: an unclosed quote fails at once instead of backtracking.
+    quoted = re.compile(r'"([^"]*+(?:""[^"]*+)*+)"')
+    bare = re.compile(f"[^{re.escape(delimiter)}\\r\\n]*")
+    ends = (delimiter, "\r", "\n")
+    pos, size, line = 0, len(text), 1
+    while pos < size:
+        first = line
+        cells: list[str] = []
+        while True:
+            if text.startswith('"', pos):
+                match = quoted.match(text, pos)
+                if match is None:
+                    raise _TableSyntax(
+                        line,
+                        "a quoted cell starts on this line but its closing quote never comes; close it, "
+                        'and write a quote inside a quoted cell as ""',
+                    )
+                start = line
+                line += _line_breaks(match[1])
+                pos = match.end()
+                if pos < size and text[pos] not in ends:
+                    after = humanize.clip(bare.match(text, pos)[0], 30)
+                    if line == start:
+                        message = (
+                            f"text {after!r} follows the closing quote of a quoted cell; put the whole cell "
+                            'in quotes and write each quote inside it as ""'
+                        )
+                    else:
+                        message = (
+                            f"the quoted cell that starts on this line runs on to line {line}, where text {after!r} "
+                            "follows its closing quote; close the quote on this line, and write a quote inside "
+                            'a quoted cell as ""'
+                        )
+                    raise _TableSyntax(start, message)
+                cells.append(match[1].replace('""', '"'))
+            else:
+                match = bare.match(text, pos)
+                cells.append(match[0])
+                pos = match.end()
+            last = line
+            if pos >= size:
+                break
+            if text[pos] == delimiter:
+                pos += 1
+                continue
+            pos += 2 if text.startswith("\r\n", pos) else 1
+            line += 1
+            break
+        yield first, last, cells
+
+
+@dataclass
+class _Table:
+    """A CSV or TSV file's header, and its rows as (line, cells) with blank rows left out."""
+
+    shown: str
+    names: list[str]
+    records: Iterator[tuple[int, int, list[str]]]
+    delimiter: str
+
+    def rows(self) -> Iterator[tuple[int, list[str]]]:
+        """Raises ManifestError at a syntax error, after which nothing more can be trusted."""
+        try:
+            for first, last, cells in self.records:
+                if not any(cell.strip() for cell in cells):
+                    continue
+                if last > first and len(cells) != len(self.names):
+                    raise _TableSyntax(
+                        first,
+                        f"a quoted cell on this line runs on to line {last}, and the row then has {len(cells)} "
+                        f"cells where the header has {len(self.names)}; close the quote on this line (a quote "
+                        'inside a quoted cell is written ""), or give the row all its cells',
+                    )
+                yield first, cells
+        except _TableSyntax as exc:
+            raise ManifestError([Problem(self.shown, exc.line, exc.message)])
+
+    def width_problem(self, cells: list[str]) -> str | None:
+        if len(cells) <= len(self.names):
+            return None
+        if self.delimiter == "\t":
+            fix = "a cell cannot hold a tab; remove it, or add a column to the header"
+        else:
+            fix = f"put cells that contain '{self.delimiter}' in double quotes"
+        return f"row has {len(cells)} cells but the header has {len(self.names)}; {fix}"
+
+    def header_problems(self) -> list[str]:
+        seen: dict[str, str] = {}
+        problems = []
+        for name in self.names:
+            if name and name.lower() in seen:
+                problems.append(f"column {name!r} repeats column {seen[name.lower()]!r} (case is ignored); keep one")
+            seen.setdefault(name.lower(), name)
+        return problems
+
+
+def _read_table(path: Path, shown: str, text: str) -> _Table | None:
+    """A table's header, or None when the file is empty; ManifestError if the header is broken."""
     if path.suffix.lower() == ".tsv":
-        return "\t"
-    return "\t" if header.count("\t") > header.count(",") else ","
+        delimiter = "\t"
+        records = _tsv_records(text)
+    else:
+        header = _LINE_END.split(text, maxsplit=1)[0]
+        delimiter = "\t" if header.count("\t") > header.count(",") else ","
+        records = _csv_records(text, delimiter)
+    try:
+        first = next(records, None)
+    except _TableSyntax as exc:
+        raise ManifestError([Problem(shown, exc.line, exc.message)])
+    if first is None:
+        return None
+    return _Table(shown, [name.strip() for name in first[2]], records, delimiter)
 
 
-def _value_rows(path: Path, text: str, column: Any, key: str) -> list[tuple[int, str, dict]] | str:
-    """(line, value, other columns) for each row of a value file, or a message saying what is wrong."""
-    suffix = path.suffix.lower()
-    if suffix not in (".csv", ".tsv"):
+def _value_rows(path: Path, shown: str, text: str, column: Any, key: str) -> list[tuple[int, str, dict]] | str:
+    """(line, value, other columns) for each row of a value file, or a message for the manifest's line.
+
+    Problems inside the file itself raise ManifestError naming the file and its line.
+    """
+    if path.suffix.lower() not in (".csv", ".tsv"):
         if column is not None:
             return f"column: only applies to CSV/TSV files; {path.name} is read one value per line"
-        rows = []
-        for n, raw_line in enumerate(text.splitlines(), start=1):
-            if raw_line.strip():
-                rows.append((n, raw_line, {}))
-        return rows
-    header, _, _ = text.partition("\n")
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=_sniff_delimiter(path, header))
-    try:
-        names = [h.strip() for h in next(reader)]
-    except StopIteration:
+        return [(n, line, {}) for n, line in enumerate(_lines(text), start=1) if line.strip()]
+    table = _read_table(path, shown, text)
+    if table is None:
         return f"{path.name} is empty; it needs a header row"
+    names = table.names
+    if header_problems := table.header_problems():
+        raise ManifestError([Problem(shown, 1, p) for p in header_problems])
     if column is None:
         matches = [i for i, h in enumerate(names) if h.lower() == key]
         if not matches:
@@ -693,13 +994,16 @@ def _value_rows(path: Path, text: str, column: Any, key: str) -> list[tuple[int,
         else:
             return f"{path.name} has no column {column!r}; its columns are {', '.join(names)}"
     rows = []
-    for cells in reader:
-        if not any(cells):
+    problems = []
+    for line, cells in table.rows():
+        if problem := table.width_problem(cells):
+            problems.append(Problem(shown, line, problem))
             continue
-        line = reader.line_num
-        value = cells[index] if index < len(cells) else ""
-        meta = {names[i]: cells[i] for i in range(len(names)) if i != index and i < len(cells) and names[i]}
-        rows.append((line, value, meta))
+        cells = cells + [""] * (len(names) - len(cells))
+        meta = {name: cells[i] for i, name in enumerate(names) if i != index and name}
+        rows.append((line, cells[index], meta))
+    if problems:
+        raise ManifestError(problems)
     return rows
 
 
@@ -709,24 +1013,22 @@ class _CsvManifest(_Reader):
     def __init__(self, path: Path, shown: str, text: str):
         super().__init__(path, shown)
         self.text = text
+        self.full = False  # the rows reached MAX_ITEMS: stop reading
 
     def job(self) -> Job:
-        header, _, _ = self.text.partition("\n")
-        delimiter = _sniff_delimiter(self.path, header)
-        reader = csv.reader(io.StringIO(self.text, newline=""), delimiter=delimiter)
-        try:
-            names = [h.strip() for h in next(reader)]
-        except StopIteration:
+        table = _read_table(self.path, self.shown, self.text)
+        if table is None:
             raise ManifestError(
                 [Problem(self.shown, 1, "the file is empty; it needs a header row naming API parameters")]
             )
+        names = table.names
+        for problem in table.header_problems():
+            self.problem(1, problem)
         params: dict[int, str] = {}
         meta: dict[int, str] = {}
         for i, name in enumerate(names):
             lowered = name.lower()
             if lowered in api_spec.PARAMETERS:
-                if lowered in params.values():
-                    self.problem(1, f"column {name!r} repeats the {lowered} column; keep one")
                 params[i] = lowered
             elif name:
                 meta[i] = name
@@ -738,31 +1040,33 @@ class _CsvManifest(_Reader):
                 + (f" (is {names[0]!r} meant to be {hint}?)" if hint and names else ""),
             )
             self.raise_if_problems()
+        renames = _column_renames(meta.values())
+        meta = {i: renames.get(name, name) for i, name in meta.items()}
 
         blocks: list[Block] = []
         axis_values: dict[str, dict[Any, None]] = {p: {} for p in params.values()}
         capped: set[str] = set()
-        for cells in reader:
-            line = reader.line_num
-            if not any(c.strip() for c in cells):
-                continue
-            if len(cells) > len(names):
-                self.problem(
-                    line,
-                    f"row has {len(cells)} cells but the header has {len(names)}; "
-                    f"quote cells that contain '{delimiter}'",
-                )
-                continue
-            block = self._row_block(line, cells, params, meta)
-            if block is None:
-                continue
-            blocks.append(block)
-            for dim in block.dims:
-                for point in dim:
-                    for key, value in point.params.items():
-                        self._tally(axis_values, capped, key, value)
-            for key, value in block.base.items():
-                self._tally(axis_values, capped, key, value)
+        total = 0
+        try:
+            for line, cells in table.rows():
+                if problem := table.width_problem(cells):
+                    self.problem(line, problem)
+                    continue
+                block = self._row_block(line, cells, params, meta, total)
+                if self.full:
+                    break
+                if block is None:
+                    continue
+                blocks.append(block)
+                total += block.size()
+                for dim in block.dims:
+                    for point in dim:
+                        for key, value in point.params.items():
+                            self._tally(axis_values, capped, key, value)
+                for key, value in block.base.items():
+                    self._tally(axis_values, capped, key, value)
+        except ManifestError as exc:
+            self.problems.extend(exc.problems)
         if not blocks and not self.problems:
             self.problem(None, "the file has a header but no rows; add one row per item")
         self.raise_if_problems()
@@ -777,9 +1081,10 @@ class _CsvManifest(_Reader):
             source=self.path,
             settings=RunSettings(),
             param_columns=param_columns,
-            meta_columns=[_meta_name(m) for m in meta.values()],
+            meta_columns=list(meta.values()),
             axes=axes,
             blocks=blocks,
+            renamed=renames,
         )
 
     @staticmethod
@@ -790,39 +1095,68 @@ class _CsvManifest(_Reader):
             return
         bucket[json.dumps(value, sort_keys=True) if isinstance(value, dict) else value] = None
 
-    def _row_block(self, line: int, cells: list[str], params: dict[int, str], meta: dict[int, str]) -> Block | None:
+    def _row_block(
+        self, line: int, cells: list[str], params: dict[int, str], meta: dict[int, str], total: int
+    ) -> Block | None:
+        """The row's items as a block, or None after reporting a problem; total is the items so far."""
         before = len(self.problems)
-        base: dict[str, Any] = {}
-        dims: list[list[Point]] = []
+        columns: list[tuple[str, list[Any]]] = []
         for i, key in params.items():
             cell = cells[i] if i < len(cells) else ""
             if cell == "" or (key != "prompt" and not cell.strip()):
                 if key == "prompt":
                     self.problem(line, "prompt is empty; give the text to generate, or delete the row")
                 continue
+            # A '|' splits the cell into this row's own grid, and '\|' is a literal '|'. Any other
+            # backslash is kept as written.
             parts = _UNESCAPED_PIPE.split(cell)
             if len(parts) == 1:
                 values = [cell.replace("\\|", "|")]
             else:
                 values = [p.strip().replace("\\|", "|") for p in parts]
-            checked = []
+            checked: list[Any] = []  # seed ranges stay range objects until the row's size is known
             for value in values:
                 if key == "seed" and (match := _SEED_RANGE.fullmatch(value)):
-                    low, high = int(match[1]), int(match[2])
+                    low, high = _int(match[1]), _int(match[2])
                     bad = api_spec.check_seed(low) or api_spec.check_seed(high)
                     if bad or low > high:
                         self.problem(line, bad or f"seed range {value!r} runs backwards; write {high}-{low}")
                         continue
-                    checked.extend(range(low, high + 1))
+                    checked.append(range(low, high + 1))
                     continue
                 checked.append(self.check_point(key, self.coerce(key, value), line))
-            if len(checked) == 1:
-                base[key] = checked[0]
-            elif checked:
-                dims.append([Point({key: v}, {}) for v in checked])
+            columns.append((key, checked))
         if len(self.problems) > before:
             return None
-        row_meta = {_meta_name(name): cells[i] if i < len(cells) else "" for i, name in meta.items()}
+        counts = [(key, sum(len(v) if isinstance(v, range) else 1 for v in values)) for key, values in columns]
+        size = math.prod(count for _, count in counts)
+        if total + size > MAX_ITEMS:
+            axes = " × ".join(f"{key} {count:,}" for key, count in counts if count > 1)
+            self.problem(
+                line,
+                f"the rows up to this one expand to {total + size:,} items, more than the {MAX_ITEMS:,} one job "
+                f"may have (this row: {size:,}{f' = {axes}' if axes else ''}); "
+                "split the file into several jobs, or shorten its '|' lists and seed ranges",
+            )
+            self.full = True
+            return None
+        base: dict[str, Any] = {}
+        dims: list[list[Point]] = []
+        for key, values in columns:
+            flat = [v for value in values for v in (value if isinstance(value, range) else (value,))]
+            if len(flat) == 1:
+                base[key] = flat[0]
+            elif flat:
+                dims.append([Point({key: v}, {}) for v in flat])
+        row_meta = {name: cells[i] if i < len(cells) else "" for i, name in meta.items()}
         # Metadata rides on the base as a zero-width dimension so every item of the row carries it.
         dims.insert(0, [Point({}, row_meta)])
         return Block(base=base, dims=dims, where=f"{self.shown}:{line}")
+
+
+def _int(digits: str) -> int | str:
+    """Digits as an int; text that is too long to convert stays text, which validation refuses."""
+    try:
+        return int(digits)
+    except ValueError:
+        return digits

@@ -44,6 +44,7 @@ class Plan:
                 {"name": a.name, "count": a.count, "sample": [_jsonable(v) for v in a.sample], "capped": a.capped}
                 for a in self.job.axes
             ],
+            "renamed_columns": dict(self.job.renamed),
             "price_per_image": self.settings.price_per_image,
             "estimated_cost_usd": round(self.estimated_cost, 6),
             "estimated_duration_s": round(self.estimated_seconds, 1),
@@ -88,11 +89,16 @@ class ItemsWriter:
             raise UsageError(f"--items {path}: use a .csv, .tsv or .jsonl file name")
         path.parent.mkdir(parents=True, exist_ok=True)
         self._file: IO[str] = path.open("w", encoding="utf-8", newline="")
+        self._path = path
         self._jsonl = suffix == ".jsonl"
-        if not self._jsonl:
-            columns = ["item_id", *job.param_columns, *job.meta_columns]
-            delimiter = "\t" if suffix == ".tsv" else ","
-            self._csv = csv.DictWriter(self._file, columns, delimiter=delimiter, extrasaction="ignore")
+        self._tsv = suffix == ".tsv"
+        self._columns = ["item_id", *job.param_columns, *job.meta_columns]
+        if self._tsv:
+            # A TSV has no quoting (IANA text/tab-separated-values): cells are written as they are,
+            # so the file reads back exactly, as batch-runner reads TSV files.
+            self._write_tsv(self._columns)
+        elif not self._jsonl:
+            self._csv = csv.DictWriter(self._file, self._columns, extrasaction="ignore")
             self._csv.writeheader()
 
     def __call__(self, item: Item) -> None:
@@ -102,7 +108,19 @@ class ItemsWriter:
             return
         if isinstance(row.get("color_palette"), dict):
             row["color_palette"] = json.dumps(row["color_palette"], sort_keys=True)
+        if self._tsv:
+            self._write_tsv(["" if row.get(c) is None else str(row[c]) for c in self._columns])
+            return
         self._csv.writerow(row)
+
+    def _write_tsv(self, cells: list[str]) -> None:
+        for column, cell in zip(self._columns, cells, strict=True):
+            if any(c in cell for c in "\t\r\n"):
+                raise UsageError(
+                    f"--items {self._path}: a {column} value holds a tab or a line break, which a TSV cannot; "
+                    "write a .csv or .jsonl file instead"
+                )
+        self._file.write("\t".join(cells) + "\n")
 
     def close(self) -> None:
         self._file.close()

@@ -1,13 +1,108 @@
-"""Run settings: command-line flags override the manifest, which overrides the defaults."""
+"""Run settings: command-line flags override the manifest, which overrides the defaults.
+
+The limits of every setting are written once, in LIMITS, and checked the same way whether the
+value comes from a flag (`--concurrency 8`) or from a manifest key (`concurrency: 8`). To add a
+setting: a row in LIMITS, a field in RunSettings and in Settings, and a flag in cli.py.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, fields
+from typing import Any
 
 from . import api_spec
-from .manifest import RunSettings
 
 DEFAULT_CONCURRENCY = 4
+
+
+@dataclass(frozen=True)
+class Limit:
+    """The values a setting accepts: a whole number or any finite number, from low to high."""
+
+    whole: bool  # a whole number (concurrency) rather than any number (dollars, rates)
+    low: float
+    high: float
+    low_open: bool = False  # low itself is not allowed: "more than 0" rather than "0 or more"
+    unit: str = ""  # "$" for dollars, shown in messages
+
+    def rule(self) -> str:
+        kind = "a whole number" if self.whole else "a number"
+        if self.unit == "$":
+            kind = "a number of dollars"
+        if self.low_open:
+            return f"{kind} above {_number(self.low)}, up to {_number(self.high)}"
+        return f"{kind} from {_number(self.low)} to {_number(self.high)}"
+
+
+def _number(value: float) -> str:
+    return f"{int(value):,}" if float(value).is_integer() else f"{value:g}"
+
+
+# Generous caps: a value past one is a typo (extra zeros, a wrong unit), never a real plan, and
+# would hang or crash the run instead of failing here with the line to fix.
+LIMITS: dict[str, Limit] = {
+    # One worker thread and one pooled HTTP connection each. At ~12.8 s a request, 256 workers
+    # is ~1,200 requests a minute, 24x the Pro plan's 50 RPM; beyond that, threads and sockets
+    # are what run out.
+    "concurrency": Limit(whole=True, low=1, high=256),
+    # Requests are spaced 60/rpm seconds apart. Below 0.01 (one request per 100 minutes) the
+    # wait is surely a mistake and, for tiny values, too long for a timer; above 100,000 a
+    # minute (1,667 a second) the spacing is below a millisecond, i.e. no limit at all.
+    "rpm": Limit(whole=False, low=0.01, high=100_000),
+    # A budget, so 0 ("spend nothing") is allowed. $10 million is ~160 million images at
+    # $0.063, 16 times the largest job allowed (manifest.MAX_ITEMS).
+    "max_cost": Limit(whole=False, low=0, high=10_000_000, unit="$"),
+    # The endpoint costs $0.063; $100 an image is a price in cents typed as dollars, or worse.
+    "price_per_image": Limit(whole=False, low=0, high=100, low_open=True, unit="$"),
+}
+
+
+def check_setting(name: str, value: Any) -> str | None:
+    """A problem with one setting's value, phrased with its fix, or None when it is valid."""
+    limit = LIMITS[name]
+    fix = f"use {limit.rule()}"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return f"{name} {value!r} is not a number; {fix}"
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{name} {value!r} is not a finite number; {fix}"
+    too_low = value <= limit.low if limit.low_open else value < limit.low
+    if too_low or value > limit.high:
+        return f"{name} {_number(value)} is out of range; {fix}"
+    if limit.whole and not isinstance(value, int):
+        return f"{name} {value!r} is not a whole number; {fix}"
+    return None
+
+
+def parse_setting(name: str, raw: Any) -> int | float:
+    """A setting's value from a flag's text or a manifest's value; ValueError says what to fix.
+
+    Text is read as a flag would be ("1e3", " 8 "), so `max_cost: 1e3` (which YAML 1.1 reads
+    as text) means what it says, and "nan" or "inf" are refused like any other bad number.
+    """
+    value = raw
+    if isinstance(raw, str):
+        text = raw.strip()
+        for kind in (int, float):  # "4" is an int; "4.5", "1e3", "nan" are floats
+            try:
+                value = kind(text)
+                break
+            except ValueError:
+                continue
+    problem = check_setting(name, value)
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Run settings a manifest or the flags may carry; None means 'not set here'."""
+
+    concurrency: int | None = None
+    rpm: float | None = None
+    max_cost: float | None = None
+    price_per_image: float | None = None
 
 
 @dataclass(frozen=True)
@@ -19,16 +114,16 @@ class Settings:
 
 
 def resolve(manifest: RunSettings, flags: RunSettings) -> Settings:
-    def pick(name: str, default):
+    """Each setting from the flags, else the manifest, else its default."""
+    chosen: dict[str, Any] = {}
+    for f in fields(RunSettings):
         for source in (flags, manifest):
-            value = getattr(source, name)
+            value = getattr(source, f.name)
             if value is not None:
-                return value
-        return default
-
-    return Settings(
-        concurrency=int(pick("concurrency", DEFAULT_CONCURRENCY)),
-        rpm=pick("rpm", None),
-        max_cost=pick("max_cost", None),
-        price_per_image=float(pick("price_per_image", api_spec.PRICE_PER_IMAGE)),
-    )
+                chosen[f.name] = value
+                break
+    if "concurrency" in chosen:
+        chosen["concurrency"] = int(chosen["concurrency"])
+    if "price_per_image" in chosen:
+        chosen["price_per_image"] = float(chosen["price_per_image"])
+    return Settings(**chosen)

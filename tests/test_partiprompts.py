@@ -10,7 +10,8 @@ from tests.conftest import run_cli
 
 def test_partiprompts_crossed_with_seeds_and_styles(write, tmp_path, parti_prompts):
     with parti_prompts.open(encoding="utf-8", newline="") as f:
-        rows = list(csv.DictReader(f, delimiter="\t"))
+        # A TSV has no quoting: a prompt that begins with a quote keeps it.
+        rows = list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
     assert len(rows) == 1632
     job = write(
         "parti.yaml",
@@ -35,4 +36,5 @@ grid:
     category = {r["Prompt"]: r["Category"] for r in rows}
     assert all(item["Category"] == category[item["prompt"]] for item in items)
     assert {item["prompt"] for item in items} == {r["Prompt"] for r in rows}
+    assert any(item["prompt"].startswith('"G I G G L E" painted') for item in items)
     assert len({item["seed"] for item in items}) == 3
