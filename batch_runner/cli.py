@@ -14,7 +14,7 @@ from . import __version__, exit_codes, humanize
 from .errors import ManifestError, UsageError
 from .manifest import Job, clash_reason, load_job
 from .plan import ItemsWriter, Plan, build_plan
-from .settings import RunSettings, Settings, parse_setting, resolve
+from .settings import RunSettings, Settings, check_url, parse_setting, resolve
 
 
 def _positive_int(text: str) -> int:
@@ -82,6 +82,38 @@ def add_run_settings(parser: argparse.ArgumentParser) -> None:
         metavar="USD",
         help="dollars per image when the server sends no x-cost (default 0.063)",
     )
+    nightly = parser.add_argument_group("scheduled runs (cron, systemd timers; override the manifest)")
+    nightly.add_argument(
+        "--ping-url",
+        type=_url,
+        metavar="URL",
+        help="tell a monitor how the run went: URL/start, then URL on success or URL/<exit code> (healthchecks.io)",
+    )
+    nightly.add_argument(
+        "--max-duration",
+        type=_setting("max_duration"),
+        metavar="TIME",
+        help="stop cleanly when this much time has passed (e.g. 6h, 90m, 3600), exit 75: the next run goes on",
+    )
+    nightly.add_argument(
+        "--max-cost-per-run",
+        type=_setting("max_cost_per_run"),
+        metavar="USD",
+        help="this run's share of the budget; --max-cost stays the cap for all runs of the output folder",
+    )
+    nightly.add_argument(
+        "--max-wait",
+        type=_setting("max_wait"),
+        metavar="SECONDS",
+        help="how long the pool waits for an unreachable or rate-limiting server before it stops with exit 75 "
+        "(default 900)",
+    )
+
+
+def _url(text: str) -> str:
+    if problem := check_url("--ping-url", text):
+        raise argparse.ArgumentTypeError(problem)
+    return text.strip()
 
 
 def flag_settings(args: argparse.Namespace) -> RunSettings:

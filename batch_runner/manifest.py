@@ -26,9 +26,9 @@ import yaml
 from . import api_spec, humanize
 from .errors import ManifestError, Problem
 from .items import OUTPUT_COLUMNS, Item, make_item
-from .settings import LIMITS, RunSettings, parse_setting
+from .settings import LIMITS, RunSettings, check_url, parse_setting
 
-TOP_LEVEL_KEYS = ("name", "description", "defaults", "grid", "zip", "vars", *LIMITS)
+TOP_LEVEL_KEYS = ("name", "description", "defaults", "grid", "zip", "vars", *LIMITS, "ping_url")
 # One job may expand to at most this many items (before duplicates are dropped). Counted before
 # anything is expanded, so a typo that makes a grid of 10^10 fails at once instead of running
 # for hours; and 10 million items is already ~$630,000 at $0.063 an image.
@@ -545,6 +545,11 @@ class _YamlManifest(_Reader):
                 values[key] = parse_setting(key, doc[key])
             except ValueError as exc:
                 self.problem(_line_of(doc, key), str(exc))
+        if "ping_url" in doc:
+            if problem := check_url("ping_url", doc["ping_url"]):
+                self.problem(_line_of(doc, "ping_url"), problem)
+            else:
+                values["ping_url"] = doc["ping_url"].strip()
         return RunSettings(**values)
 
     def _defaults(self, doc: dict) -> dict[str, Any]:

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import fcntl
+import json
 import os
+import time
 from pathlib import Path
+from typing import Any
 
 IMAGES = "images"
 JOURNAL = "journal.jsonl"
 MANIFEST = "manifest.parquet"
 METADATA = "metadata.jsonl"
+RUNS = "runs.jsonl"
 LOCK = ".lock"
 _PARTIAL = ".partial"
 
@@ -46,6 +50,7 @@ class OutputDir:
         self.journal = self.path / JOURNAL
         self.manifest = self.path / MANIFEST
         self.metadata = self.path / METADATA
+        self.runs = self.path / RUNS
         self._lock_fd: int | None = None
 
     def exists(self) -> bool:
@@ -54,17 +59,25 @@ class OutputDir:
     def prepare(self) -> None:
         self.images.mkdir(parents=True, exist_ok=True)
 
-    def lock(self) -> None:
-        """Take the folder for this process. flock is released by the kernel when the process
-        dies, even by kill -9, so a crashed run never leaves the folder stuck."""
+    def lock(self, wait_s: float = 0.0) -> None:
+        """Take the folder for this process, waiting up to wait_s for another run to finish.
+        flock is released by the kernel when the process dies, even by kill -9, so a crashed
+        run never leaves the folder stuck."""
         self.path.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 64).decode(errors="replace").strip() or "another process"
-            os.close(fd)
-            raise AlreadyRunning(f"{self.path} is in use by a running batch-runner (pid {holder})")
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() < deadline:
+                    time.sleep(min(0.5, max(0.01, deadline - time.monotonic())))
+                    continue
+                holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
+                os.close(fd)
+                waited = f" after waiting {wait_s:g} s" if wait_s else ""
+                raise AlreadyRunning(f"{self.path} is in use by a running batch-runner (pid {holder}){waited}")
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
         self._lock_fd = fd
@@ -73,6 +86,16 @@ class OutputDir:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
+
+    def append_run_record(self, record: dict[str, Any]) -> None:
+        """One line per run in runs.jsonl, for monitors and dashboards; fsynced like the journal."""
+        line = (json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
+        fd = os.open(self.runs, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def remove_partials(self) -> int:
         """Delete files a crash left half-written; they were never results."""

@@ -177,23 +177,33 @@ class RpmLimiter:
 
 
 class BudgetExhausted(Exception):
-    pass
+    """The next request could pass a cap: `scope` is "total" (--max-cost) or "run"."""
+
+    def __init__(self, scope: str = "total"):
+        super().__init__(scope)
+        self.scope = scope
 
 
 class Budget:
-    """Spend so far plus what requests in flight may cost, against the user's maximum."""
+    """Spend so far plus what requests in flight may cost, against the user's caps: one for the
+    output folder across all its runs, one for this run alone (a night's share)."""
 
-    def __init__(self, max_cost: float | None, spent: float, price: float):
+    def __init__(self, max_cost: float | None, spent: float, price: float, max_run_cost: float | None = None):
         self.max_cost = max_cost
+        self.max_run_cost = max_run_cost
         self.price = price
         self._lock = threading.Lock()
         self.spent = spent
+        self.spent_this_run = 0.0
         self._reserved = 0.0
 
     def reserve(self) -> float:
         with self._lock:
             if self.max_cost is not None and self.spent + self._reserved + self.price > self.max_cost + 1e-9:
-                raise BudgetExhausted()
+                raise BudgetExhausted("total")
+            cap = self.max_run_cost
+            if cap is not None and self.spent_this_run + self._reserved + self.price > cap + 1e-9:
+                raise BudgetExhausted("run")
             self._reserved += self.price
             return self.price
 
@@ -201,6 +211,7 @@ class Budget:
         with self._lock:
             self._reserved -= reserved
             self.spent += cost
+            self.spent_this_run += cost
             if cost > self.price:
                 self.price = cost  # the server's x-cost is the better estimate from now on
 

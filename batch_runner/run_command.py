@@ -7,17 +7,23 @@ import json
 import os
 import shlex
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import exit_codes, humanize
-from .errors import UsageError
+from .errors import ManifestError, UsageError
 from .output_dir import AlreadyRunning, OutputDir
+
+if TYPE_CHECKING:
+    from .manifest import Job
+    from .settings import Settings
 
 API_KEY_ENV = "SEGMIND_API_KEY"
 
 
 def register_run(sub: argparse._SubParsersAction) -> None:
-    from .cli import _positive, _positive_int, add_run_settings
+    from .cli import _non_negative, _positive, _positive_int, add_run_settings
 
     p = sub.add_parser(
         "run",
@@ -36,19 +42,19 @@ def register_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-attempts", type=_positive_int, default=5, help="tries per item for retryable errors")
     p.add_argument("--timeout", type=_positive, default=120.0, help="overall seconds allowed per request")
     p.add_argument(
-        "--max-wait",
-        type=_positive,
-        default=900.0,
-        help="seconds the pool waits for an unreachable or rate-limiting server before it stops with exit 75 "
-        "(default 900)",
-    )
-    p.add_argument(
         "--progress",
         choices=("auto", "bar", "log", "quiet"),
         default="auto",
         help="bar on a terminal, log lines otherwise (auto)",
     )
     p.add_argument("--log-interval", type=_positive, default=30.0, help="seconds between progress log lines")
+    p.add_argument(
+        "--wait-lock",
+        type=_non_negative,
+        default=0.0,
+        metavar="SECONDS",
+        help="if another run holds the output folder, wait up to this long for it (default: exit 5 at once)",
+    )
     add_run_settings(p)
     p.set_defaults(handler=cmd_run)
 
@@ -87,11 +93,56 @@ def _read_key(args: argparse.Namespace) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from . import api_spec
+    """Run a job. Under --progress quiet a successful run prints nothing at all, and a failed
+    or stopped one prints everything it held back to stderr: cron mails only bad news."""
     from .cli import load
+    from .ping import Pinger
+
+    quiet = args.progress == "quiet"
+    held: list[str] = []
+
+    def log(message: str) -> None:
+        if quiet:
+            held.append(message)
+        else:
+            print(message, file=sys.stderr, flush=True)
+
+    pinger = Pinger(args.ping_url, log) if args.ping_url else None
+    if pinger:
+        pinger.start()
+    code = exit_codes.INTERNAL
+    try:
+        job, settings = load(args)
+        if pinger is None and settings.ping_url:
+            pinger = Pinger(settings.ping_url, log)
+            pinger.start()
+        code, message = _run(args, job, settings, log)
+    except (UsageError, ManifestError):
+        code = exit_codes.USAGE
+        raise
+    except KeyboardInterrupt:
+        code = exit_codes.INTERRUPTED
+        raise
+    finally:
+        if pinger:
+            pinger.finish(code)
+        if quiet and code != exit_codes.OK:
+            for line in held:
+                print(line, file=sys.stderr)
+    # The run's report goes to stdout; an error that kept the run from starting, to stderr.
+    # Quiet runs hold everything back unless there is bad news, and then it goes to stderr.
+    if quiet:
+        if code != exit_codes.OK:
+            print(message, file=sys.stderr)
+    else:
+        print(message, file=sys.stderr if message.startswith("error:") else sys.stdout)
+    return code
+
+
+def _run(args: argparse.Namespace, job: Job, settings: Settings, log: Callable[[str], None]) -> tuple[int, str]:
+    from . import api_spec
     from .runner import Runner, RunOptions
 
-    job, settings = load(args)
     sandbox = None
     if args.sandbox:
         if args.endpoint:
@@ -101,10 +152,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         # A balance no example job exhausts: the sandbox is for trying a job, not for budgeting.
         sandbox = Sandbox(SandboxConfig(latency_s=1.0, jitter_s=0.3, credits=10_000.0))
         endpoint, key = sandbox.endpoint, sandbox.key
-        print(
+        log(
             f"SANDBOX: running against a local stand-in at {sandbox.url}. No credits are spent and the "
-            "images are placeholders.",
-            file=sys.stderr,
+            "images are placeholders."
         )
     else:
         endpoint, key = args.endpoint or api_spec.ENDPOINT, _read_key(args)
@@ -121,26 +171,29 @@ def cmd_run(args: argparse.Namespace) -> int:
         progress=args.progress,
         log_interval_s=args.log_interval,
         resume_command=_resume_command(args, output),
-        max_wait_s=args.max_wait,
+        max_wait_s=settings.max_wait,
+        wait_lock_s=args.wait_lock,
+        max_duration_s=settings.max_duration,
+        max_cost_per_run=settings.max_cost_per_run,
     )
     try:
-        report = Runner(job, options).run()
+        report = Runner(job, options, log=log).run()
     except AlreadyRunning as exc:
-        print(f"error: {exc}; wait for it to finish, or use another --output", file=sys.stderr)
-        return exit_codes.LOCKED
+        return (
+            exit_codes.LOCKED,
+            f"error: {exc}; wait for it to finish (or pass --wait-lock SECONDS), or use another --output",
+        )
     except OSError as exc:
         # Before anything was sent: the folder, its lock or its journal cannot be written.
         where = exc.filename or output
-        print(
+        return (
+            exit_codes.OUTPUT_ERROR,
             f"error: cannot write to {where} ({exc.strerror or exc}); free some space or choose a writable --output",
-            file=sys.stderr,
         )
-        return exit_codes.OUTPUT_ERROR
     finally:
         if sandbox is not None:
             sandbox.close()
-    print(report.message)
-    return report.exit_code
+    return report.exit_code, report.message
 
 
 def _resume_command(args: argparse.Namespace, output: Path) -> str:

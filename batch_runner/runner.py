@@ -58,6 +58,9 @@ class RunOptions:
     resume_command: str = "batch-runner run JOB"
     backoff_s: float = 1.0
     max_wait_s: float = 900.0  # the longest the pool waits for an unreachable or rate-limiting server
+    wait_lock_s: float = 0.0  # how long to queue behind another run of the same output
+    max_duration_s: float | None = None  # stop cleanly when this run's window closes
+    max_cost_per_run: float | None = None  # this run's share of the budget (a night's spend)
 
 
 @dataclass
@@ -125,11 +128,57 @@ class Runner:
     # ------------------------------------------------------------------ the run
 
     def run(self) -> RunReport:
-        self.out.lock()
+        self.out.lock(self.options.wait_lock_s)
         try:
-            return self._run_locked()
+            self._started_at = time.time()
+            report = self._run_locked()
+            self._record_run(report)
+            return report
         finally:
             self.out.unlock()
+
+    def _record_run(self, r: RunReport) -> None:
+        """One line in runs.jsonl per run, so a monitor can follow a job over weeks."""
+        import platform
+
+        import requests
+
+        from . import __version__
+
+        record = {
+            "job": self.job.name,
+            "started_at": _iso(self._started_at),
+            "ended_at": _iso(time.time()),
+            "exit_code": r.exit_code,
+            "stop_reason": r.stop_reason,
+            "stop_message": self.stop_message or None,
+            "items": r.total,
+            "to_send": r.todo,
+            "succeeded": r.succeeded,
+            "failed": r.failed,
+            "pending": r.pending,
+            "succeeded_this_run": self.tally.succeeded,
+            "failed_this_run": self.tally.failed,
+            "spent_usd_this_run": round(r.spent_run, 6),
+            "possibly_billed_usd_this_run": round(r.possibly_billed_run, 6),
+            "spent_usd_total": round(r.spent_total, 6),
+            "possibly_billed_usd_total": round(r.possibly_billed_total, 6),
+            "rate_limited_this_run": self.tally.rate_limited,
+            "learned_rpm": self._learned_rpm(),
+            "sandbox": self.options.sandbox,
+            "versions": {
+                "batch_runner": __version__,
+                "python": platform.python_version(),
+                "requests": requests.__version__,
+            },
+        }
+        try:
+            self.out.append_run_record(record)
+        except OSError as exc:
+            self.log(f"warning: could not append to {self.out.runs} ({exc.strerror})")
+
+    def _learned_rpm(self) -> float | None:
+        return None
 
     def _run_locked(self) -> RunReport:
         self.out.prepare()
@@ -267,7 +316,7 @@ class Runner:
         # What the server may have billed already: confirmed spend, plus every attempt that
         # got no answer, across all runs of this output.
         spent_before = history.spent + history.unanswered * s.price_per_image
-        self.budget = Budget(s.max_cost, spent_before, s.price_per_image)
+        self.budget = Budget(s.max_cost, spent_before, s.price_per_image, o.max_cost_per_run)
         self.cooldown = Cooldown(self.stop_event, base_s=o.backoff_s, max_wait_s=o.max_wait_s)
         self.limiter = RpmLimiter(s.rpm, self.stop_event)
         self._items = self._todo()
@@ -282,10 +331,13 @@ class Runner:
                 worker.start()
             last_fold = time.monotonic()
             fold_every = 60.0
+            window_closes = time.monotonic() + o.max_duration_s if o.max_duration_s else None
             for worker in workers:
                 while worker.is_alive():
                     worker.join(0.25)
                     progress.refresh()
+                    if window_closes is not None and time.monotonic() >= window_closes:
+                        self._stop("duration", f"the run's window of {humanize.duration(o.max_duration_s)} closed")
                     if time.monotonic() - last_fold > fold_every:
                         started = time.monotonic()
                         self._fold()
@@ -356,8 +408,8 @@ class Runner:
             self._stop(exc.reason, exc.message)
         except FatalApiError as exc:
             self._stop("fatal", f"HTTP {exc.http_status}: {exc.message}")
-        except BudgetExhausted:
-            self._stop("budget", "")
+        except BudgetExhausted as exc:
+            self._stop("budget" if exc.scope == "total" else "run-budget", "")
         except GiveUp as exc:
             self._stop(exc.reason, exc.message)
         except (Stopping, Unreachable):
@@ -555,6 +607,9 @@ class Runner:
             "a proxy may be rewriting requests",
             "budget": f"stopped: the next request could take spending past --max-cost "
             f"{humanize.money(self.settings.max_cost or 0)}",
+            "run-budget": f"stopped: the next request could take this run's spending past --max-cost-per-run "
+            f"{humanize.money(self.options.max_cost_per_run or 0)}",
+            "duration": f"stopped: {self.stop_message}; requests in flight were let finish",
             "fatal": f"stopped: the API refused the configuration ({self.stop_message}); "
             "check the key, its permissions and --endpoint",
             "interrupted": f"stopped: interrupted ({self.stop_message})",
@@ -590,6 +645,8 @@ class Runner:
                 "credits": "add credits, then resume with",
                 "spend-limit": "raise the team's spend limit, then resume with",
                 "budget": "raise --max-cost, then resume with",
+                "run-budget": "the next run goes on; or now, with",
+                "duration": "the next run goes on; or now, with",
                 "fatal": "fix the configuration, then resume with",
                 "unreachable": "run the same command later",
                 "rate-limited": "run the same command later",
@@ -605,6 +662,8 @@ _EXIT_CODES = {
     "credits": exit_codes.BUDGET,
     "spend-limit": exit_codes.BUDGET,
     "budget": exit_codes.BUDGET,
+    "run-budget": exit_codes.BUDGET,
+    "duration": exit_codes.TEMPORARY,  # cron's "resume tomorrow"
     "fatal": exit_codes.FATAL_API,
     "content-type": exit_codes.FATAL_API,  # a proxy or client fault, not money
     "interrupted": exit_codes.INTERRUPTED,
@@ -613,3 +672,9 @@ _EXIT_CODES = {
     "output": exit_codes.OUTPUT_ERROR,
     "internal": exit_codes.INTERNAL,
 }
+
+
+def _iso(epoch: float) -> str:
+    from datetime import datetime, timezone
+
+    return datetime.fromtimestamp(epoch, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")

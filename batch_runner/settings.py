@@ -8,6 +8,7 @@ setting: a row in LIMITS, a field in RunSettings and in Settings, and a flag in 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -24,12 +25,14 @@ class Limit:
     low: float
     high: float
     low_open: bool = False  # low itself is not allowed: "more than 0" rather than "0 or more"
-    unit: str = ""  # "$" for dollars, shown in messages
+    unit: str = ""  # "$" for dollars, "s" for a duration (also written 6h, 90m, 1h30m)
 
     def rule(self) -> str:
         kind = "a whole number" if self.whole else "a number"
         if self.unit == "$":
             kind = "a number of dollars"
+        if self.unit == "s":
+            kind = "a duration in seconds (or e.g. 90m, 6h)"
         if self.low_open:
             return f"{kind} above {_number(self.low)}, up to {_number(self.high)}"
         return f"{kind} from {_number(self.low)} to {_number(self.high)}"
@@ -55,7 +58,16 @@ LIMITS: dict[str, Limit] = {
     "max_cost": Limit(whole=False, low=0, high=10_000_000, unit="$"),
     # The endpoint costs $0.063; $100 an image is a price in cents typed as dollars, or worse.
     "price_per_image": Limit(whole=False, low=0, high=100, low_open=True, unit="$"),
+    # One night's share of max_cost, for scheduled runs.
+    "max_cost_per_run": Limit(whole=False, low=0, high=10_000_000, unit="$"),
+    # How long the pool waits out an unreachable or rate-limiting server before it stops with
+    # "try later" (exit 75). A day is the longest wait a nightly job can use.
+    "max_wait": Limit(whole=False, low=0, high=86_400, low_open=True, unit="s"),
+    # A run's window, e.g. 6h for a night; a week is the longest window that makes sense.
+    "max_duration": Limit(whole=False, low=0, high=7 * 86_400, low_open=True, unit="s"),
 }
+DEFAULT_MAX_WAIT_S = 900.0
+_DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s)?")
 
 
 def check_setting(name: str, value: Any) -> str | None:
@@ -81,7 +93,11 @@ def parse_setting(name: str, raw: Any) -> int | float:
     as text) means what it says, and "nan" or "inf" are refused like any other bad number.
     """
     value = raw
-    if isinstance(raw, str):
+    if isinstance(raw, str) and LIMITS[name].unit == "s" and (match := _DURATION.fullmatch(raw.strip().lower())):
+        if any(match.groups()):
+            hours, minutes, seconds = (float(g) if g else 0.0 for g in match.groups())
+            value = hours * 3600 + minutes * 60 + seconds
+    elif isinstance(raw, str):
         text = raw.strip()
         for kind in (int, float):  # "4" is an int; "4.5", "1e3", "nan" are floats
             try:
@@ -103,6 +119,10 @@ class RunSettings:
     rpm: float | None = None
     max_cost: float | None = None
     price_per_image: float | None = None
+    max_cost_per_run: float | None = None
+    max_wait: float | None = None
+    max_duration: float | None = None
+    ping_url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -111,6 +131,17 @@ class Settings:
     rpm: float | None = None
     max_cost: float | None = None
     price_per_image: float = api_spec.PRICE_PER_IMAGE
+    max_cost_per_run: float | None = None
+    max_wait: float = DEFAULT_MAX_WAIT_S
+    max_duration: float | None = None
+    ping_url: str | None = None
+
+
+def check_url(name: str, value: Any) -> str | None:
+    """A monitor's URL: http or https, with a host."""
+    if not isinstance(value, str) or not re.fullmatch(r"https?://[^/\s]+\S*", value.strip()):
+        return f"{name} {value!r} is not a URL; use e.g. https://hc-ping.com/<uuid>"
+    return None
 
 
 def resolve(manifest: RunSettings, flags: RunSettings) -> Settings:
