@@ -1,4 +1,4 @@
-"""What the Segmind Ideogram Turbo API accepts, from ../shared/docs/segmind-ideogram-turbo-api.md.
+"""What the Segmind Ideogram Turbo API accepts, from docs/segmind-ideogram-turbo-api.md.
 
 One module owns these rules so that the manifest validator and the sandbox cannot drift apart:
 a value the planner accepts is a value the sandbox accepts, and the messages match.

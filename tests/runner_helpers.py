@@ -13,9 +13,7 @@ from pathlib import Path
 import pandas as pd
 from PIL import Image
 
-from tests.conftest import REPO
-
-FAKE_KEY = "fake-test-key-0000-not-a-real-key"
+from tests.conftest import FAKE_KEY, REPO  # FAKE_KEY lives in conftest (its sandbox fixture); tests import it here too
 
 
 def env_with_key(key: str = FAKE_KEY) -> dict[str, str]:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import math
 
+import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from batch_runner import api_spec
@@ -15,9 +16,42 @@ from batch_runner.items import Deduplicated
 from batch_runner.manifest import load_job
 from tests.conftest import run_cli
 
-prompts = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="{}\r\x00"), min_size=1).filter(
-    lambda s: s.strip()
-)
+# Characters YAML treats specially inside a scalar: line breaks (YAML 1.1, which PyYAML reads,
+# counts NEL U+0085, LS U+2028 and PS U+2029 as breaks, and folds or normalises them), the BOM,
+# tab, and controls and non-characters that a YAML file may hold only as escapes. Drawn often
+# on purpose: arbitrary text would rarely reach them.
+YAML_SPECIAL = "\x85\u2028\u2029\r\n\t\ufeff\x00\x0b\x0c\x1b\x7f\x9f\ufffe\uffff"
+# Any text, but no lone surrogates (not characters; a manifest refuses them) and no braces
+# (a YAML prompt with {x} is a template; test_manifest.py covers those).
+prompts = st.text(
+    st.one_of(st.characters(blacklist_categories=("Cs",), blacklist_characters="{}"), st.sampled_from(YAML_SPECIAL)),
+    min_size=1,
+).filter(lambda s: s.strip())
+# A NUL byte makes a file binary (the product refuses it), and CSV has no escape for one.
+csv_prompts = prompts.filter(lambda s: "\x00" not in s)
+
+
+class ManifestDumper(yaml.SafeDumper):
+    """yaml.safe_dump(allow_unicode=True), but with NEL written as a person must write it: escaped.
+
+    PyYAML's emitter writes NEL (U+0085) raw inside a single-quoted scalar, as a line break, without
+    the extra break that line folding needs, so its own loader reads it back as a space:
+    yaml.safe_load(yaml.safe_dump(["a\x85b"], allow_unicode=True)) == ["a b"]. Double-quoted,
+    the emitter escapes it ("a\\Nb"). Every other character round-trips through the emitter as is.
+    """
+
+
+def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style='"' if "\x85" in value else None)
+
+
+ManifestDumper.add_representer(str, _represent_str)
+
+
+def yaml_text(doc: object) -> str:
+    return yaml.dump(doc, Dumper=ManifestDumper, allow_unicode=True)
+
+
 axes = st.fixed_dictionaries(
     {},
     optional={
@@ -32,9 +66,13 @@ fuzz = settings(max_examples=60, deadline=None, suppress_health_check=[HealthChe
 
 @fuzz
 @given(prompt_list=st.lists(prompts, min_size=1, max_size=6), grid=axes)
+@example(prompt_list=["a\x85b", "\x85 x", "x\x85", "a \x85 b", "x\n\x85\u2028\x85y"], grid={})
+@example(prompt_list=["a\u2028b", "a\u2029b", "a \u2028 b", "\u2028x", "x\u2029"], grid={})
+@example(prompt_list=["a\rb", "a\r\nb", "x\r", "a\nb", " a\n", "a\n\nb"], grid={})
+@example(prompt_list=["\ufeffa", "a\tb", "a\x00b", "a\x0bb\x0c", "\x1b[1m", "a\x7f\x9f", "\ufffe\uffff"], grid={})
 def test_expansion_is_the_product_of_distinct_values_and_keeps_prompts_exact(tmp_path, prompt_list, grid):
     path = tmp_path / "job.yaml"
-    path.write_text(yaml.safe_dump({"grid": {"prompt": prompt_list, **grid}}, allow_unicode=True), encoding="utf-8")
+    path.write_text(yaml_text({"grid": {"prompt": prompt_list, **grid}}), encoding="utf-8")
     unique = Deduplicated(load_job(path).iter_items())
     items = list(unique)
     expected = math.prod(len(set(values)) for values in [prompt_list, *grid.values()])
@@ -45,8 +83,27 @@ def test_expansion_is_the_product_of_distinct_values_and_keeps_prompts_exact(tmp
     assert unique.duplicates == total - expected
 
 
+@pytest.mark.parametrize(
+    "written, prompt",
+    [
+        (r'"a\Nb"', "a\x85b"),  # YAML's own escapes for its line-break characters
+        (r'"a\Lb"', "a\u2028b"),
+        (r'"a\Pb"', "a\u2029b"),
+        (r'"a\x85b"', "a\x85b"),
+        (r'"a\u0085b \u2028 \u2029"', "a\x85b \u2028 \u2029"),  # JSON-style escapes
+        (r'"a\rb\r\nc"', "a\rb\r\nc"),
+        (r'"\ud83e\udd8a fox"', "\U0001f98a fox"),  # a surrogate pair, as JSON writes one
+        ("a\u2028b", "a\u2028b"),  # LS and PS written raw stay (NEL raw is a YAML 1.1 line break)
+    ],
+)
+def test_yaml_escapes_put_any_character_into_a_prompt(write, written, prompt):
+    path = write("job.yaml", f"grid:\n  prompt: [{written}]\n")
+    assert [item.params["prompt"] for item in load_job(path).iter_items()] == [prompt]
+
+
 @fuzz
-@given(rows=st.lists(st.tuples(prompts, st.sampled_from(api_spec.STYLE_TYPES)), min_size=1, max_size=8))
+@given(rows=st.lists(st.tuples(csv_prompts, st.sampled_from(api_spec.STYLE_TYPES)), min_size=1, max_size=8))
+@example(rows=[("a\x85b", "GENERAL"), ("a\u2028b", "ANIME"), ("a\rb", "DESIGN"), ("a\r\nb\n", "GENERAL")])
 def test_csv_prompts_round_trip_exactly(tmp_path, rows):
     import csv
 

@@ -19,17 +19,11 @@ from PIL import Image
 
 import batch_runner
 from batch_runner.report import _FAILED_BG, CELL, LABEL_W, PAD
-from batch_runner.sandbox import Sandbox, SandboxConfig
-from tests.conftest import run_cli
-from tests.runner_helpers import FAKE_KEY, run
+from batch_runner.sandbox import Sandbox
+from tests.conftest import run_cli, sandbox_config
+from tests.runner_helpers import run
 
 FAILING = "[sandbox:fail=400] a prompt the server rejects"
-
-
-@pytest.fixture(scope="module")
-def sandbox():
-    with Sandbox(SandboxConfig(keys=(FAKE_KEY,), latency_s=0.02)) as sb:
-        yield sb
 
 
 def sweep_job(folder: Path, prompts: list[tuple[str, str]]) -> Path:
@@ -54,10 +48,12 @@ PROMPTS = [("a red bicycle", "Vehicles"), ("a sleepy cat", "Animals"), ("a tall 
 
 
 @pytest.fixture(scope="module")
-def sweep(tmp_path_factory, sandbox) -> Path:
+def sweep(tmp_path_factory) -> Path:
+    """One run shared by the module's read-only tests (they work on copies of it)."""
     folder = tmp_path_factory.mktemp("sweep")
     out = folder / "out"
-    result = run(sweep_job(folder, PROMPTS), out, sandbox, "--concurrency", "4")
+    with Sandbox(sandbox_config(latency_s=0.02)) as sandbox:
+        result = run(sweep_job(folder, PROMPTS), out, sandbox, "--concurrency", "4")
     assert result.returncode == 1, result.stderr  # the rejected prompt fails, the rest succeed
     return out
 

@@ -18,16 +18,9 @@ from PIL import Image
 
 from batch_runner.items import item_id_for
 from batch_runner.sandbox import Sandbox, SandboxConfig
-from tests.conftest import REPO
+from tests.conftest import FAKE_KEY, REPO
 
-KEY = "test-key-not-real"
-
-
-@pytest.fixture
-def sandbox(request):
-    config = getattr(request, "param", None) or SandboxConfig(keys=(KEY,))
-    with Sandbox(config) as sb:
-        yield sb
+KEY = FAKE_KEY  # the key the `sandbox` fixture (conftest.py) accepts
 
 
 def post(sb, body, key=KEY, **kwargs):
