@@ -14,6 +14,7 @@ JOURNAL = "journal.jsonl"
 MANIFEST = "manifest.parquet"
 METADATA = "metadata.jsonl"
 RUNS = "runs.jsonl"
+PACING = "pacing.json"
 LOCK = ".lock"
 _PARTIAL = ".partial"
 
@@ -51,6 +52,7 @@ class OutputDir:
         self.manifest = self.path / MANIFEST
         self.metadata = self.path / METADATA
         self.runs = self.path / RUNS
+        self.pacing = self.path / PACING
         self._lock_fd: int | None = None
 
     def exists(self) -> bool:

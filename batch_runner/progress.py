@@ -14,7 +14,15 @@ from . import humanize
 
 
 class Progress:
-    def __init__(self, total: int, tally: Any, mode: str, interval_s: float, log: Callable[[str], None]):
+    def __init__(
+        self,
+        total: int,
+        tally: Any,
+        mode: str,
+        interval_s: float,
+        log: Callable[[str], None],
+        pace: Callable[[], str] | None = None,
+    ):
         if mode == "auto":
             mode = "bar" if sys.stderr.isatty() else "log"
         self.mode = mode
@@ -22,6 +30,7 @@ class Progress:
         self.tally = tally
         self.interval_s = interval_s
         self.log = log
+        self.pace = pace  # what the pacer is doing: its rate and window, so a user sees it learn
         self.started = time.monotonic()
         self._last_log = self.started
         self._bar = tqdm(total=total, unit="img", dynamic_ncols=True, file=sys.stderr) if mode == "bar" else None
@@ -31,7 +40,8 @@ class Progress:
 
     def _summary(self) -> str:
         t = self.tally
-        return f"failed {t.failed} · spent {humanize.money(t.spent)} · in flight {t.in_flight} · 429s {t.rate_limited}"
+        text = f"failed {t.failed} · spent {humanize.money(t.spent)} · in flight {t.in_flight} · 429s {t.rate_limited}"
+        return f"{text} · {self.pace()}" if self.pace else text
 
     def refresh(self) -> None:
         if self._bar is not None:

@@ -1,6 +1,6 @@
 """Turn a plan into images: a bounded pool of workers, shared pacing, a journal of everything.
 
-Data flows one way: plan items → the shared gate (cooldown, rpm, budget) → one attempt
+Data flows one way: plan items → the shared gate (pacing.Pacer, then the budget) → one attempt
 (client.py) → journal → image on disk → manifest. Workers pull items from one shared iterator,
 so memory holds the items in flight, not one future per item.
 """
@@ -8,6 +8,7 @@ so memory holds the items in flight, not one future per item.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shutil
 import signal
@@ -36,8 +37,9 @@ from .errors import UsageError
 from .items import Deduplicated, Item
 from .journal import Journal, Replay, replay
 from .manifest import Job
-from .output_dir import OutputDir
-from .policies import Budget, BudgetExhausted, Cooldown, GiveUp, RpmLimiter, Stopping, retrying
+from .output_dir import OutputDir, write_atomic
+from .pacing import Pacer
+from .policies import Budget, BudgetExhausted, GiveUp, Stopping, retrying
 from .progress import Progress
 from .results import write_manifest
 from .settings import Settings
@@ -177,8 +179,34 @@ class Runner:
         except OSError as exc:
             self.log(f"warning: could not append to {self.out.runs} ({exc.strerror})")
 
+    def _pace(self) -> str:
+        pacer = self.pacer
+        paused = pacer.paused_for_s
+        text = f"pace {pacer.rate_rpm:,.0f} rpm, window {pacer.window}"
+        return text + (f", paused {paused:.0f} s" if paused >= 1 else "")
+
     def _learned_rpm(self) -> float | None:
-        return None
+        pacer = getattr(self, "pacer", None)
+        if pacer is None:
+            return None
+        return round(pacer.limit_rpm or pacer.rate_rpm, 2)
+
+    def _learned(self) -> dict[str, Any] | None:
+        """What earlier runs of this output learned of the key's rate limit, if anything."""
+        try:
+            return json.loads(self.out.pacing.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+
+    def _remember_pacing(self) -> None:
+        """Tonight's run starts from what last night's learned, not from zero."""
+        pacer = getattr(self, "pacer", None)
+        if pacer is None or pacer.counts["sent"] == 0:
+            return
+        try:
+            write_atomic(self.out.pacing, json.dumps(pacer.snapshot(), indent=2).encode("utf-8"))
+        except OSError:
+            pass  # only a hint for the next run
 
     def _run_locked(self) -> RunReport:
         self.out.prepare()
@@ -317,10 +345,13 @@ class Runner:
         # got no answer, across all runs of this output.
         spent_before = history.spent + history.unanswered * s.price_per_image
         self.budget = Budget(s.max_cost, spent_before, s.price_per_image, o.max_cost_per_run)
-        self.cooldown = Cooldown(self.stop_event, base_s=o.backoff_s, max_wait_s=o.max_wait_s)
-        self.limiter = RpmLimiter(s.rpm, self.stop_event)
+        self.pacer = Pacer.from_snapshot(
+            self._learned(), ceiling_rpm=s.rpm, max_concurrency=s.concurrency, max_wait_s=o.max_wait_s
+        )
         self._items = self._todo()
-        progress = Progress(todo, self.tally, mode=o.progress, interval_s=o.log_interval_s, log=self.log)
+        progress = Progress(
+            todo, self.tally, mode=o.progress, interval_s=o.log_interval_s, log=self.log, pace=self._pace
+        )
         restore = self._install_signal_handlers()
         workers = [
             threading.Thread(target=self._worker, name=f"worker-{i}", daemon=True)
@@ -347,6 +378,7 @@ class Runner:
             restore()
             progress.close()
             self.client.close()
+            self._remember_pacing()
         final = replay(self.out.journal)
         self._fold(final)
         return self._report(total, todo, final, recovered, unanswered)
@@ -425,12 +457,12 @@ class Runner:
             self._succeed(item, generated, attempt, latency)
 
     def _attempt(self, item: Item, progress: _ItemProgress) -> tuple[Generated, int, float]:
-        self.cooldown.wait()
-        if (give_up := self.cooldown.give_up()) is not None:
-            raise give_up
-        self.limiter.acquire()
-        if self.stop_event.is_set():
-            raise Stopping()
+        # The pacer hands out send slots (its rate, its shared pauses, its window of requests in
+        # flight); it raises Stopping once the run stops and GiveUp once waiting is pointless.
+        with self.pacer.acquire(self.stop_event) as ticket:
+            return self._send(item, progress, ticket)
+
+    def _send(self, item: Item, progress: _ItemProgress, ticket: Any) -> tuple[Generated, int, float]:
         reserved = self.budget.reserve()
         try:
             progress.attempts += 1
@@ -456,13 +488,12 @@ class Runner:
                 item.item_id, attempt, exc.http_status, exc.message, exc.cost, exc.answered, latency, exc.reached
             )
             if isinstance(exc, RateLimited):
-                until = self.cooldown.rate_limited(exc.retry_at)
-                self.limiter.defer(until)
+                ticket.rate_limited(exc.retry_at)
                 self.tally.add(rate_limited=1)
             elif isinstance(exc, Unreachable):
-                self.limiter.defer(self.cooldown.unreachable(exc.message))
+                ticket.unreachable(exc.message)
             elif exc.answered:
-                self.cooldown.answered()
+                ticket.answered()
             raise
         except BaseException:
             # A bug, not an answer: the request may have gone out, so it stays possibly billed
@@ -470,10 +501,11 @@ class Runner:
             self.budget.settle(reserved, reserved)
             self.tally.add(in_flight=-1)
             raise
+        latency = time.monotonic() - started
         self.budget.settle(reserved, generated.cost)
-        self.cooldown.succeeded()
+        ticket.succeeded(latency)
         self.tally.add(in_flight=-1, spent=generated.cost)
-        return generated, attempt, time.monotonic() - started
+        return generated, attempt, latency
 
     def _succeed(self, item: Item, generated: Generated, attempt: int, latency: float) -> None:
         # The image carries its own recipe, and is durable on disk before the journal calls
@@ -535,6 +567,9 @@ class Runner:
             if self.stop_reason is None:
                 self.stop_reason, self.stop_message = reason, message
         self.stop_event.set()
+        pacer = getattr(self, "pacer", None)
+        if pacer is not None:
+            pacer.wake()  # workers waiting for a send slot see the stop at once
 
     def _install_signal_handlers(self):
         if threading.current_thread() is not threading.main_thread():

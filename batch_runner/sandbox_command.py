@@ -17,8 +17,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Serve a local HTTP server on 127.0.0.1 that behaves like Segmind's Ideogram Turbo endpoint.",
     )
     p.add_argument("--port", type=int, default=8765, help="port on 127.0.0.1 (default 8765; 0 picks a free one)")
-    p.add_argument("--rpm", type=float, help="rate limit per key, in requests per rolling minute (default: none)")
-    p.add_argument("--rate-window", type=float, default=60.0, help="length of the rolling window in seconds")
+    p.add_argument("--rpm", type=float, help="rate limit per key, in requests per minute (default: none)")
+    p.add_argument("--rate-window", type=float, default=60.0, help="length of the limit's window in seconds")
+    p.add_argument(
+        "--rate-limiter",
+        choices=("rolling", "fixed"),
+        default="rolling",
+        help="rolling: any window of --rate-window s; fixed: windows on the UTC clock that reset at once, "
+        "whose 429s carry only x-rate-limit-reset-at-utc (default rolling)",
+    )
     p.add_argument("--credits", type=float, default=100.0, help="starting balance in dollars (default 100)")
     p.add_argument("--price", type=float, default=0.063, help="dollars per image (default 0.063)")
     p.add_argument("--spend-limit", type=float, help="a team spend limit in dollars, answered with its own 406")
@@ -46,6 +53,7 @@ def config_from(args: argparse.Namespace) -> SandboxConfig:
         return SandboxConfig(
             rpm=args.rpm,
             rate_window_s=args.rate_window,
+            rate_limiter=args.rate_limiter,
             credits=args.credits,
             price=args.price,
             spend_limit=args.spend_limit,
@@ -69,7 +77,7 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
         sandbox = Sandbox(config, port=args.port)
     except OSError as exc:
         raise UsageError(f"cannot listen on 127.0.0.1:{args.port} ({exc.strerror}); pick another --port")
-    limit = f"{config.rpm:g} rpm per key" if config.rpm else "no rate limit"
+    limit = f"{config.rpm:g} rpm per key ({config.rate_limiter} window)" if config.rpm else "no rate limit"
     print(f"sandbox listening on {sandbox.url}  (placeholder images, no real credits)", flush=True)
     print(f"  endpoint  {sandbox.endpoint}")
     print(f"  keys      {', '.join(config.keys)}")

@@ -10,9 +10,9 @@ from email.utils import format_datetime
 
 import pytest
 
-from batch_runner.client import RateLimited, TransientError, retry_at_from
+from batch_runner.client import RateLimited, TransientError, Unreachable, UnusableImage, retry_at_from
 from batch_runner.journal import Journal, replay
-from batch_runner.policies import Budget, BudgetExhausted, Cooldown, RpmLimiter, retrying
+from batch_runner.policies import Budget, BudgetExhausted, retrying
 from batch_runner.sandbox import Sandbox, SandboxConfig
 from tests.runner_helpers import FAKE_KEY, manifest, manifest_frame, run
 
@@ -69,27 +69,56 @@ def test_budget_counts_reservations_in_flight():
     budget.reserve()
 
 
-def test_cooldown_uses_the_latest_reset_and_jitter_when_none_is_given():
-    stop = threading.Event()
-    cooldown = Cooldown(stop, base_s=0.05, cap_s=1.0)
-    now = time.monotonic()
-    assert cooldown.rate_limited(now + 0.2) == pytest.approx(now + 0.2)
-    assert cooldown.rate_limited(now + 0.1) == pytest.approx(now + 0.2)  # never shortened
-    started = time.monotonic()
-    cooldown.wait()
-    assert time.monotonic() >= now + 0.2 - 0.01 and time.monotonic() - started < 1.0
-    until = cooldown.rate_limited(None)
-    assert time.monotonic() <= until <= time.monotonic() + 1.0
+def test_budget_caps_one_run_apart_from_the_folder():
+    budget = Budget(max_cost=1.0, spent=0.5, price=0.1, max_run_cost=0.25)
+    held = [budget.reserve(), budget.reserve()]
+    with pytest.raises(BudgetExhausted) as stopped:
+        budget.reserve()
+    assert stopped.value.scope == "run"
+    for reserved in held:
+        budget.settle(reserved, 0.1)
+    assert budget.spent == pytest.approx(0.7) and budget.spent_this_run == pytest.approx(0.2)
 
 
-def test_rpm_limiter_spaces_sends():
-    limiter = RpmLimiter(rpm=600, stop=threading.Event())
-    stamps = []
-    for _ in range(4):
-        limiter.acquire()
-        stamps.append(time.monotonic())
-    gaps = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
-    assert all(gap >= 0.099 for gap in gaps)
+def test_a_billed_answer_without_an_image_is_tried_twice_at_most():
+    calls = []
+
+    def unusable():
+        calls.append(1)
+        raise UnusableImage("the body is not an image (an HTML page)", 200, 0.063)
+
+    with pytest.raises(UnusableImage):
+        retrying(5, threading.Event(), backoff_s=0.001)(unusable)
+    assert len(calls) == 2
+
+
+def test_an_unreachable_endpoint_does_not_use_up_attempts():
+    calls = []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) <= 6:
+            raise Unreachable("cannot reach host: the connection was refused")
+        return "ok"
+
+    assert retrying(2, threading.Event(), backoff_s=0.001)(flaky) == "ok" and len(calls) == 7
+
+
+def test_an_attempt_cut_off_by_a_crash_stays_unanswered_after_the_retry_succeeds(tmp_path):
+    path = tmp_path / "journal.jsonl"
+    journal = Journal(path)
+    journal.sent("a", 1, {"prompt": "x"})  # the process died here, mid-request
+    journal.sent("a", 2, None)  # the next run sent it again...
+    journal.done("a", "succeeded", n=2, cost=0.063, image_path="images/a.jpg")  # ...and it worked
+    journal.sent("b", 1, {"prompt": "y"})
+    journal.attempt("b", 1, None, "cannot reach host", 0.0, answered=False, latency_s=0.0, reached=False)
+    journal.sent("b", 2, None)
+    journal.attempt("b", 2, None, "no answer within 120 s", 0.0, answered=False, latency_s=120.0)
+    journal.close()
+    history = replay(path)
+    assert history.items["a"].status == "succeeded" and history.items["a"].unanswered == 1
+    assert history.items["b"].unanswered == 1  # the timeout may have been billed; the refusal not
+    assert history.spent == pytest.approx(0.063) and history.unanswered == 2
 
 
 def test_a_torn_last_line_is_skipped_and_the_next_event_starts_clean(tmp_path):

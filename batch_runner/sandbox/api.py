@@ -63,6 +63,11 @@ class SandboxConfig:
 
     rpm: float | None = None
     rate_window_s: float = 60.0  # tests shrink the window to keep the rolling limit fast
+    # "rolling": at most rpm × window / 60 requests in any window_s; a 429 names when the oldest
+    # leaves it (x-rate-limit-reset-at-utc, plus Retry-After unless retry_after=False).
+    # "fixed": the same count per window [k·window_s, (k+1)·window_s) on the UTC clock, reset
+    # all at once; a 429 carries only x-rate-limit-reset-at-utc, the window's end (no Retry-After).
+    rate_limiter: str = "rolling"
     credits: float | None = 100.0  # dollars; None never runs out
     price: float = api_spec.PRICE_PER_IMAGE
     spend_limit: float | None = None  # a team spend limit, answered as its own 406
@@ -80,6 +85,8 @@ class SandboxConfig:
     def __post_init__(self) -> None:
         if self.response not in ("bytes", "json", "url"):
             raise ValueError(f"response must be bytes, json or url, not {self.response!r}")
+        if self.rate_limiter not in ("rolling", "fixed"):
+            raise ValueError(f"rate_limiter must be rolling or fixed, not {self.rate_limiter!r}")
         unknown = set(self.faults) - set(FAULT_KINDS)
         if unknown:
             raise ValueError(f"unknown fault kinds {sorted(unknown)}; use {', '.join(FAULT_KINDS)}")
@@ -320,12 +327,23 @@ class SandboxApi:
     # ---------------------------------------------------------------- pieces
 
     def _admit(self, key: str, now: float) -> float | None:
-        """Rolling-window limit per key: None when admitted, else when a slot frees up."""
+        """Rate limit per key: None when admitted, else when a slot frees up (monotonic)."""
         if not self.config.rpm:
             return None
         window_s = self.config.rate_window_s
         limit = max(1, math.floor(self.config.rpm * window_s / 60 + 1e-9))
         window = self._windows.setdefault(key, collections.deque())
+        if self.config.rate_limiter == "fixed":
+            # Windows are aligned to the UTC clock, as a per-minute limit that resets on the
+            # minute; `window` holds the admissions of the current one.
+            wall = time.time() - time.monotonic()  # monotonic -> UTC seconds
+            start = math.floor((now + wall) / window_s) * window_s - wall
+            while window and window[0] < start:
+                window.popleft()
+            if len(window) >= limit:
+                return start + window_s
+            window.append(now)
+            return None
         while window and window[0] <= now - window_s:
             window.popleft()
         if len(window) >= limit:
@@ -337,7 +355,7 @@ class SandboxApi:
         wait = max(0.0, reset_at - time.monotonic())
         reset_wall = datetime.now(timezone.utc) + timedelta(seconds=wait)
         headers = {"x-rate-limit-reset-at-utc": reset_wall.isoformat(timespec="milliseconds").replace("+00:00", "Z")}
-        if self.config.retry_after:
+        if self.config.retry_after and self.config.rate_limiter == "rolling":
             headers["Retry-After"] = str(max(1, math.ceil(wait)))
         return _error(429, "Rate limit exceeded", headers=headers)
 
