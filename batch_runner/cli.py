@@ -9,6 +9,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
 from . import __version__, exit_codes, humanize
 from .errors import ManifestError, UsageError
@@ -56,58 +57,36 @@ def _setting(name: str) -> Callable[[str], int | float]:
     return parse
 
 
+# Every run setting's flag: (group, flag, metavar, help). The value's limits live in
+# settings.LIMITS, shared with the manifest's keys; --ping-url is the one text setting.
+_SETTINGS_GROUP = "run settings (override the manifest)"
+_NIGHTLY_GROUP = "scheduled runs (cron, systemd timers; override the manifest)"
+_SETTING_FLAGS: list[tuple[str, str, str, str]] = [
+    (_SETTINGS_GROUP, "--concurrency", "N",
+     "most requests in flight; the pacer opens as many as the learned rate needs (default: manifest, else 32)"),
+    (_SETTINGS_GROUP, "--rpm", "N",
+     "your key's limit in requests per minute, if you know it: a ceiling never exceeded, and the starting pace"),
+    (_SETTINGS_GROUP, "--max-cost", "USD",
+     "never let spent + possibly billed + in flight pass this many dollars in this output folder, across runs"),
+    (_SETTINGS_GROUP, "--price-per-image", "USD", "dollars per image when the server sends no x-cost (default 0.063)"),
+    (_NIGHTLY_GROUP, "--ping-url", "URL",
+     "tell a monitor how the run went: URL/start, then URL on success or URL/<exit code> (healthchecks.io)"),
+    (_NIGHTLY_GROUP, "--max-duration", "TIME",
+     "stop cleanly when this much time has passed (e.g. 6h, 90m, 3600), exit 75: the next run goes on"),
+    (_NIGHTLY_GROUP, "--max-cost-per-run", "USD",
+     "this run's share of the budget; --max-cost stays the cap for all runs of the output folder"),
+    (_NIGHTLY_GROUP, "--max-wait", "SECONDS",
+     "how long the pool waits for an unreachable or rate-limiting server before it stops with exit 75 (default 900)"),
+]  # fmt: skip
+
+
 def add_run_settings(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("run settings (override the manifest)")
-    group.add_argument(
-        "--concurrency",
-        type=_setting("concurrency"),
-        metavar="N",
-        help="requests in flight at once (default: manifest, else 4)",
-    )
-    group.add_argument(
-        "--rpm",
-        type=_setting("rpm"),
-        metavar="N",
-        help="client-side limit in requests per minute, shared by all workers",
-    )
-    group.add_argument(
-        "--max-cost",
-        type=_setting("max_cost"),
-        metavar="USD",
-        help="never spend more than this many dollars in this output folder",
-    )
-    group.add_argument(
-        "--price-per-image",
-        type=_setting("price_per_image"),
-        metavar="USD",
-        help="dollars per image when the server sends no x-cost (default 0.063)",
-    )
-    nightly = parser.add_argument_group("scheduled runs (cron, systemd timers; override the manifest)")
-    nightly.add_argument(
-        "--ping-url",
-        type=_url,
-        metavar="URL",
-        help="tell a monitor how the run went: URL/start, then URL on success or URL/<exit code> (healthchecks.io)",
-    )
-    nightly.add_argument(
-        "--max-duration",
-        type=_setting("max_duration"),
-        metavar="TIME",
-        help="stop cleanly when this much time has passed (e.g. 6h, 90m, 3600), exit 75: the next run goes on",
-    )
-    nightly.add_argument(
-        "--max-cost-per-run",
-        type=_setting("max_cost_per_run"),
-        metavar="USD",
-        help="this run's share of the budget; --max-cost stays the cap for all runs of the output folder",
-    )
-    nightly.add_argument(
-        "--max-wait",
-        type=_setting("max_wait"),
-        metavar="SECONDS",
-        help="how long the pool waits for an unreachable or rate-limiting server before it stops with exit 75 "
-        "(default 900)",
-    )
+    groups: dict[str, Any] = {}
+    for title, flag, metavar, help_text in _SETTING_FLAGS:
+        group = groups.get(title) or groups.setdefault(title, parser.add_argument_group(title))
+        name = flag[2:].replace("-", "_")
+        kind = _url if name == "ping_url" else _setting(name)
+        group.add_argument(flag, type=kind, metavar=metavar, help=help_text)
 
 
 def _url(text: str) -> str:

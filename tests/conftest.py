@@ -70,6 +70,11 @@ def sandbox_config(**overrides: Any) -> SandboxConfig:
     return SandboxConfig(**{"keys": (FAKE_KEY,), "latency_s": 0.05, **overrides})
 
 
+def sandbox_with(**overrides: Any) -> Sandbox:
+    """A running sandbox of sandbox_config(**overrides); use it as a context manager."""
+    return Sandbox(sandbox_config(**overrides))
+
+
 @pytest.fixture
 def sandbox(request: pytest.FixtureRequest):
     """A sandbox on an ephemeral port, fresh for each test: sandbox_config() unless the test asks

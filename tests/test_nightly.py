@@ -9,18 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from batch_runner.sandbox import Sandbox, SandboxConfig
-from tests.conftest import run_cli
+from tests.conftest import run_cli, sandbox_with
 from tests.hostile import Answer, HostileServer, free_port
 from tests.runner_helpers import FAKE_KEY, done_lines, manifest, manifest_frame, run, start, wait_for
 
 PRICE = 0.063
-
-
-def sandbox_with(**kwargs) -> Sandbox:
-    kwargs.setdefault("keys", (FAKE_KEY,))
-    kwargs.setdefault("latency_s", 0.05)
-    return Sandbox(SandboxConfig(**kwargs))
 
 
 def quiet(job: Path, out: Path, sb, *flags: str, **kwargs):

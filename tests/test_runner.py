@@ -14,7 +14,7 @@ import pytest
 from batch_runner.items import item_id_for
 from batch_runner.journal import replay
 from batch_runner.sandbox import V1_PATH, Sandbox
-from tests.conftest import run_cli, sandbox_config
+from tests.conftest import run_cli, sandbox_with
 from tests.runner_helpers import (
     FAKE_KEY,
     assert_images_valid,
@@ -34,10 +34,6 @@ def generation_statuses(sb: Sandbox) -> dict[int, int]:
         if entry["path"] == V1_PATH:
             counts[entry["status"]] = counts.get(entry["status"], 0) + 1
     return counts
-
-
-def sandbox_with(**kwargs) -> Sandbox:
-    return Sandbox(sandbox_config(**kwargs))
 
 
 def body(prompt: str) -> dict:

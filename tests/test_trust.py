@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from batch_runner.sandbox import V1_PATH, Sandbox, SandboxConfig
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, run_cli, sandbox_with
 from tests.hostile import Answer, HostileServer, free_port
 from tests.runner_helpers import (
     FAKE_KEY,
@@ -30,12 +30,6 @@ from tests.runner_helpers import (
 )
 
 PRICE = 0.063
-
-
-def sandbox_with(**kwargs) -> Sandbox:
-    kwargs.setdefault("keys", (FAKE_KEY,))
-    kwargs.setdefault("latency_s", 0.05)
-    return Sandbox(SandboxConfig(**kwargs))
 
 
 def status_json(out: Path) -> dict:
