@@ -157,7 +157,15 @@ def _run(args: argparse.Namespace, job: Job, settings: Settings, log: Callable[[
             "images are placeholders."
         )
     else:
-        endpoint, key = args.endpoint or api_spec.ENDPOINT, _read_key(args)
+        endpoint = args.endpoint or api_spec.ENDPOINT
+        if "/v2/" in endpoint:
+            # v2 answers a POST with a queued job, not an image: posting to it as if it were v1
+            # would pay for a job per attempt and never fetch one.
+            raise UsageError(
+                f"--endpoint {endpoint} is the asynchronous v2 API, which this version does not speak; "
+                f"use the v1 URL ({endpoint.replace('/v2/', '/v1/', 1)})"
+            )
+        key = _read_key(args)
     output = Path(args.output) if args.output else Path("outputs") / (job.name + ("-sandbox" if args.sandbox else ""))
     options = RunOptions(
         endpoint=endpoint,

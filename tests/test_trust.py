@@ -300,3 +300,11 @@ def test_a_read_only_output_is_a_clear_error_not_an_internal_one(tmp_path, small
         assert result.returncode == 74, result.stdout + result.stderr
         assert "Read-only file system" in result.stderr and "internal error" not in result.stderr
         assert sb.stats()["received"] == 0
+
+
+def test_a_v2_endpoint_is_refused_before_anything_is_sent(tmp_path):
+    with sandbox_with() as sb:
+        v2 = sb.url + "/v2/ideogram-turbo-txt-2-img"
+        result = run_cli("run", str(manifest(tmp_path, ["queued"])), "--endpoint", v2, env=env_with_key())
+        assert result.returncode == 2 and "asynchronous v2 API" in result.stderr and "/v1/" in result.stderr
+        assert sb.stats()["received"] == 0
