@@ -1,7 +1,13 @@
 """A recipe inside every image: the request that made it, readable back as a manifest.
 
-JPEG gets an XMP packet (an APP1 segment); PNG gets a tEXt chunk. Both are spliced into the
-bytes the API sent: the pixels that were paid for are never re-encoded.
+JPEG gets an XMP packet (an APP1 segment); PNG gets a tEXt chunk with the recipe and an XMP
+iTXt chunk. Both are spliced into the bytes the API sent: the pixels that were paid for are
+never re-encoded.
+
+The XMP packet also fills the standard fields photo managers and exiftool read: the prompt as
+dc:description, the tool as xmp:CreatorTool, and IPTC's digital source type
+"trainedAlgorithmicMedia" (the marker for AI-generated media). A PNG also gets `Description`
+and an A1111-style `parameters` text, which image-generation tools read.
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ from PIL import Image
 
 FORMAT = "batch-runner-recipe/1"
 PNG_KEY = "batch_runner_recipe"
+DIGITAL_SOURCE_TYPE = "http://cv.iptc.org/newscodes/digitalsourcetype/trainedAlgorithmicMedia"
+MODEL = "Ideogram Turbo (Segmind)"
 _XMP_HEADER = b"http://ns.adobe.com/xap/1.0/\x00"
 _XMP_RECIPE = re.compile(rb"<br:recipe>(.*?)</br:recipe>", re.S)
 
@@ -38,11 +46,38 @@ def make(item_id: str, params: dict[str, Any], meta: dict[str, Any], job: str, s
 
 def _xmp(recipe: dict) -> bytes:
     text = html.escape(json.dumps(recipe, ensure_ascii=False, sort_keys=True), quote=False)
+    prompt = html.escape(str(recipe.get("params", {}).get("prompt", "")), quote=False)
     return (
         '<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
-        '<rdf:Description rdf:about="" xmlns:br="https://batch-runner.invalid/ns/recipe/1.0/">'
+        '<rdf:Description rdf:about="" xmlns:br="https://batch-runner.invalid/ns/recipe/1.0/"'
+        ' xmlns:dc="http://purl.org/dc/elements/1.1/" xmlns:xmp="http://ns.adobe.com/xap/1.0/"'
+        ' xmlns:Iptc4xmpExt="http://iptc.org/std/Iptc4xmpExt/2008-02-29/">'
+        f'<dc:description><rdf:Alt><rdf:li xml:lang="x-default">{prompt}</rdf:li></rdf:Alt></dc:description>'
+        f"<xmp:CreatorTool>batch-runner, {MODEL}</xmp:CreatorTool>"
+        f"<Iptc4xmpExt:DigitalSourceType>{DIGITAL_SOURCE_TYPE}</Iptc4xmpExt:DigitalSourceType>"
         f"<br:recipe>{text}</br:recipe></rdf:Description></rdf:RDF></x:xmpmeta>"
     ).encode()
+
+
+def parameters_text(recipe: dict) -> str:
+    """The request in the `parameters` convention of A1111-style tools: prompt, then settings."""
+    params = recipe.get("params", {})
+    lines = [str(params.get("prompt", ""))]
+    if params.get("negative_prompt"):
+        lines.append(f"Negative prompt: {params['negative_prompt']}")
+    settings = [f"Model: {MODEL}"]
+    seed = params.get("seed", recipe.get("seed_value"))
+    for label, value in (
+        ("Seed", seed),
+        ("Style", params.get("style_type")),
+        ("Resolution", params.get("resolution")),
+        ("Magic prompt", params.get("magic_prompt_option")),
+        ("Palette", json.dumps(params["color_palette"], sort_keys=True) if params.get("color_palette") else None),
+    ):
+        if value is not None:
+            settings.append(f"{label}: {value}")
+    lines.append(", ".join(settings))
+    return "\n".join(lines)
 
 
 def _embed_jpeg(data: bytes, recipe: dict) -> bytes:
@@ -56,13 +91,28 @@ def _embed_jpeg(data: bytes, recipe: dict) -> bytes:
     return data[:position] + segment + data[position:]
 
 
+def _png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def _itxt(keyword: str, text: str) -> bytes:
+    # iTXt, not tEXt: a prompt is UTF-8, and tEXt holds only Latin-1.
+    return _png_chunk(b"iTXt", keyword.encode("latin-1") + b"\x00\x00\x00\x00\x00" + text.encode("utf-8"))
+
+
 def _embed_png(data: bytes, recipe: dict) -> bytes:
     if data[:8] != b"\x89PNG\r\n\x1a\n":
         return data
-    body = PNG_KEY.encode() + b"\x00" + json.dumps(recipe, ensure_ascii=True, sort_keys=True).encode()
-    chunk = struct.pack(">I", len(body)) + b"tEXt" + body + struct.pack(">I", zlib.crc32(b"tEXt" + body))
+    prompt = str(recipe.get("params", {}).get("prompt", ""))
+    card = json.dumps(recipe, ensure_ascii=True, sort_keys=True).encode()
+    chunks = [
+        _png_chunk(b"tEXt", PNG_KEY.encode() + b"\x00" + card),
+        _itxt("Description", prompt),
+        _itxt("parameters", parameters_text(recipe)),
+        _itxt("XML:com.adobe.xmp", _xmp(recipe).decode("utf-8")),
+    ]
     header_end = 8 + 8 + struct.unpack(">I", data[8:12])[0] + 4  # after IHDR
-    return data[:header_end] + chunk + data[header_end:]
+    return data[:header_end] + b"".join(chunks) + data[header_end:]
 
 
 def embed(data: bytes, extension: str, recipe: dict) -> bytes:

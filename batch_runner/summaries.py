@@ -56,12 +56,7 @@ def load(path: str | Path) -> RunResults:
     out = OutputDir(Path(path))
     if not out.exists():
         raise FileNotFoundError(f"{path}: no run found (no journal.jsonl or manifest.parquet)")
-    items = current_frame(out)
-    items["status"] = items["status"].fillna("pending")
-    for column in ("cost_usd", "latency_s"):
-        items[column] = pd.to_numeric(items[column], errors="coerce")
-    for column in ("attempts", "rate_limited", "unanswered"):
-        items[column] = pd.to_numeric(items[column], errors="coerce").fillna(0).astype(int)
+    items = _typed(current_frame(out))
     axes = varying_axes(items)
     return RunResults(
         path=out.path,
@@ -73,6 +68,24 @@ def load(path: str | Path) -> RunResults:
         latency=_latency(items, axes),
         failures=_failures(items),
     )
+
+
+def _typed(items: pd.DataFrame) -> pd.DataFrame:
+    """Real dtypes, whatever the journal's newer news made object columns: UTC datetimes,
+    nullable integers, floats, strings (a column empty everywhere keeps its type too)."""
+    items["status"] = items["status"].fillna("pending")
+    for column in ("cost_usd", "latency_s", "remaining_credits"):
+        items[column] = pd.to_numeric(items[column], errors="coerce").astype("float64")
+    for column in ("attempts", "rate_limited", "unanswered"):
+        items[column] = pd.to_numeric(items[column], errors="coerce").fillna(0).astype("int64")
+    for column in ("http_status", "seed", "seed_value"):
+        if column in items:
+            items[column] = pd.to_numeric(items[column], errors="coerce").astype("Int64")
+    for column in ("first_sent_at", "finished_at"):
+        items[column] = pd.to_datetime(items[column], utc=True, errors="coerce")
+    if "in_plan" in items:
+        items["in_plan"] = items["in_plan"].astype("boolean")
+    return items
 
 
 def _totals(items: pd.DataFrame) -> pd.DataFrame:
