@@ -1,19 +1,22 @@
 """Look rather than read: contact sheets (PNG) and a static HTML report of a run.
 
 Sheets are labelled grids of thumbnails, ROWS × COLS, one set per value of the GROUP axes,
-paged so each stays readable. The HTML report embeds its data, so it needs no server and
-opens from file://.
+paged so each stays readable; a cell holding several items shows them all (small multiples),
+and a page with nothing finished on it is not drawn. Thumbnails are made once, in parallel,
+and reused by later reports and by the sheets. The HTML page itself (a live grid, lightbox,
+filters, picks and run comparison) is batch_runner/viewer.py.
 """
 
 from __future__ import annotations
 
 import hashlib
-import html
 import io
 import json
+import os
 import re
 import textwrap
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +28,7 @@ from . import api_spec
 from .errors import UsageError
 from .fonts import font
 from .output_dir import write_atomic
-from .summaries import RunResults, meta_columns
+from .summaries import RunResults
 
 CELL = 200
 LABEL_W = 280
@@ -89,6 +92,40 @@ def _label(value: Any) -> str:
     return str(value)
 
 
+def palette_members(value: Any) -> list[tuple[str, float | None]] | None:
+    """A custom palette's (colour, weight) pairs, or None for a preset or anything else."""
+    if not isinstance(value, str) or not value.startswith("{"):
+        return None
+    try:
+        palette = json.loads(value)
+    except ValueError:
+        return None
+    members = palette.get("members") if isinstance(palette, dict) else None
+    if not isinstance(members, list):
+        return None
+    return [(str(m.get("color_hex")), m.get("color_weight")) for m in members if isinstance(m, dict)]
+
+
+def palette_label(value: Any) -> str:
+    """A palette as people say it: the preset's name, or "#1B3A4B 60% + #F2E8CF" (not raw JSON)."""
+    members = palette_members(value)
+    if members is not None:
+        return " + ".join(h.upper() + (f" {w * 100:g}%" if isinstance(w, (int, float)) else "") for h, w in members)
+    if isinstance(value, str) and value.startswith("{"):
+        try:
+            palette = json.loads(value)
+        except ValueError:
+            return value
+        if isinstance(palette, dict) and isinstance(palette.get("name"), str):
+            return palette["name"]
+    return _label(value)
+
+
+def display(column: str, value: Any) -> str:
+    """A cell's value as a label on a sheet or in the viewer."""
+    return palette_label(value) if column == "color_palette" else _label(value)
+
+
 def _slug(values: Sequence[Any]) -> str:
     text = "-".join(_label(v) for v in values) or "all"
     short = re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-")[:40] or "x"
@@ -100,7 +137,7 @@ def _thumbnail(path: Path, size: int) -> Image.Image | None:
         image = Image.open(path)
         image.draft("RGB", (size, size))
         image = image.convert("RGB")
-        image.thumbnail((size, size))
+        image.thumbnail((size, size), Image.Resampling.BILINEAR)
         return image
     except OSError:
         return None
@@ -117,73 +154,207 @@ def _wrap(draw: ImageDraw.ImageDraw, xy: tuple[int, int], text: str, width_px: i
         y += int(font.size * 1.25)
 
 
-def _draw_cell(sheet: Image.Image, draw: ImageDraw.ImageDraw, box: tuple[int, int], row: pd.Series | None, root: Path):
-    x, y = box
-    small = font(13)
-    if row is None:
-        draw.rectangle((x, y, x + CELL, y + CELL), fill=(238, 238, 236))
-        draw.text((x + CELL // 2 - 4, y + CELL // 2 - 8), "—", font=small, fill=_MUTED)
-        return
+def _draw_item(sheet: Image.Image, draw: ImageDraw.ImageDraw, box: tuple[int, int, int], row: pd.Series, images):
+    """One item in a square of side size at (x, y): its thumbnail, or its status (a failure in red
+    with the server's reason)."""
+    x, y, size = box
+    small = font(13 if size >= 120 else 10)
     status = row["status"]
     if status == "succeeded" and isinstance(row.get("image_path"), str):
-        thumb = _thumbnail(root / row["image_path"], CELL)
+        thumb = images(row)
         if thumb is not None:
-            sheet.paste(thumb, (x + (CELL - thumb.width) // 2, y + (CELL - thumb.height) // 2))
+            if max(thumb.size) > size:
+                thumb = thumb.copy()
+                thumb.thumbnail((size, size), Image.Resampling.BILINEAR)
+            sheet.paste(thumb, (x + (size - thumb.width) // 2, y + (size - thumb.height) // 2))
             return
         status, row = "failed", {**row, "error": "image file missing or unreadable"}
     if status == "failed":
-        draw.rectangle((x, y, x + CELL, y + CELL), fill=_FAILED_BG, outline=_FAILED_INK, width=2)
-        draw.text((x + 8, y + 8), "FAILED", font=font(16), fill=_FAILED_INK)
-        _wrap(draw, (x + 8, y + 32), _label(row.get("error")), CELL - 16, small, _FAILED_INK, 9)
+        draw.rectangle((x, y, x + size, y + size), fill=_FAILED_BG, outline=_FAILED_INK, width=2)
+        draw.text((x + 6, y + 6), "FAILED", font=font(16 if size >= 120 else 11), fill=_FAILED_INK)
+        if size >= 60:
+            lines = max(1, (size - 40) // 16)
+            _wrap(draw, (x + 6, y + 28), _label(row.get("error")), size - 12, small, _FAILED_INK, lines)
         return
-    draw.rectangle((x, y, x + CELL, y + CELL), fill=(232, 232, 240))
-    draw.text((x + 8, y + 8), status.upper(), font=font(16), fill=_MUTED)
+    draw.rectangle((x, y, x + size, y + size), fill=(232, 232, 240))
+    draw.text((x + 6, y + 6), str(status).upper(), font=font(16 if size >= 120 else 11), fill=_MUTED)
 
 
-def contact_sheets(results: RunResults, to: Path, layout: Layout) -> list[Path]:
-    """Write the sheets as PNG files; returns their paths in order."""
+def _draw_cell(sheet: Image.Image, draw: ImageDraw.ImageDraw, box: tuple[int, int], rows: list[pd.Series], images):
+    """A cell: one item fills it; several are drawn as small multiples (up to 3 × 3, then "+N more")."""
+    x, y = box
+    if not rows:
+        draw.rectangle((x, y, x + CELL, y + CELL), fill=(238, 238, 236))
+        draw.text((x + CELL // 2 - 4, y + CELL // 2 - 8), "—", font=font(13), fill=_MUTED)
+        return
+    side = 1 if len(rows) == 1 else 2 if len(rows) <= 4 else 3
+    gap = 4 if side > 1 else 0
+    size = (CELL - gap * (side - 1)) // side
+    shown = rows[: side * side]
+    for i, row in enumerate(shown):
+        r, c = divmod(i, side)
+        _draw_item(sheet, draw, (x + c * (size + gap), y + r * (size + gap), size), row, images)
+    more = len(rows) - len(shown)
+    if more > 0:
+        badge = f"+{more} more"
+        draw.rectangle((x, y + CELL - 22, x + 12 + 8 * len(badge), y + CELL), fill=(30, 30, 30))
+        draw.text((x + 6, y + CELL - 19), badge, font=font(13), fill=(255, 255, 255))
+
+
+def _workers() -> int:
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+def _write_cache(path: Path, data: bytes) -> None:
+    """Thumbnails and sheets are made again from the images at will: swapped in whole (a reader
+    never meets half a file), but not fsynced, which would cost more than making them."""
+    tmp = path.with_name(f".{path.name}.partial")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def make_thumbs(results: RunResults, to: Path) -> dict[str, str]:
+    """Small JPEG thumbnails (THUMB px) of the succeeded items, as paths relative to to.parent.
+
+    Incremental: a thumbnail newer than its image is kept, so a later report only decodes the
+    images that are new (or were made again). The new ones are made in parallel processes (a JPEG is
+    decoded straight at reduced size)."""
     to.mkdir(parents=True, exist_ok=True)
-    for stale in to.glob("sheet-*.png"):  # a new layout replaces the last report's sheets
-        stale.unlink()
-    items = results.items.copy()
-    paths: list[Path] = []
+    prefix = to.relative_to(to.parent).as_posix()
+    items = results.items
+    ok = items[(items.status == "succeeded") & items.image_path.notna()]
+    have = {entry.name: entry.stat().st_mtime for entry in os.scandir(to) if entry.name.endswith(".jpg")}
+    paths: dict[str, str] = {}
+    todo: list[tuple[str, Path, Path]] = []
+    for item_id, image_path in zip(ok.item_id, ok.image_path, strict=True):
+        source, name = results.path / image_path, f"{item_id}.jpg"
+        made = have.get(name)
+        if made is not None:
+            try:
+                fresh = made >= source.stat().st_mtime
+            except OSError:  # the image is gone; its thumbnail is all that is left
+                fresh = True
+            if fresh:
+                paths[item_id] = f"{prefix}/{name}"
+                continue
+        todo.append((item_id, source, to / name))
+
+    if len(todo) < 64:
+        done = map(_make_thumb, todo)
+        for item_id in done:
+            if item_id is not None:
+                paths[item_id] = f"{prefix}/{item_id}.jpg"
+    else:  # decoding is CPU work: one process a core
+        with ProcessPoolExecutor(_workers()) as pool:
+            for item_id in pool.map(_make_thumb, todo, chunksize=64):
+                if item_id is not None:
+                    paths[item_id] = f"{prefix}/{item_id}.jpg"
+    return paths
+
+
+def _make_thumb(job: tuple[str, Path, Path]) -> str | None:
+    item_id, source, target = job
+    thumb = _thumbnail(source, THUMB)
+    if thumb is None:
+        return None
+    buffer = io.BytesIO()
+    thumb.save(buffer, "JPEG", quality=80)
+    _write_cache(target, buffer.getvalue())
+    return item_id
+
+
+def _image_loader(root: Path, thumbs: Path | None):
+    """row -> a small RGB image for a sheet cell: the report's thumbnail when there is one."""
+
+    def load(row) -> Image.Image | None:
+        if thumbs is not None:
+            made = thumbs / f"{row['item_id']}.jpg"
+            if made.exists():
+                image = _thumbnail(made, CELL)
+                if image is not None:
+                    return image
+        return _thumbnail(root / row["image_path"], CELL)
+
+    return load
+
+
+_FINISHED = ("succeeded", "failed")
+
+
+def contact_sheets(results: RunResults, to: Path, layout: Layout, thumbs: Path | None = None) -> list[Path]:
+    """Write the sheets as PNG files; returns their paths in order.
+
+    A page with no finished item on it (all pending) is not drawn: it would show nothing."""
+    to.mkdir(parents=True, exist_ok=True)
+    index_path = to / ".sheets.json"  # each sheet's digest of what it shows: unchanged sheets are kept
+    try:
+        drawn: dict[str, str] = json.loads(index_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        drawn = {}
+    items = results.items
+    images = _image_loader(results.path, thumbs)
+    jobs: list[tuple[Path, str, list[str], list[str], dict]] = []
     groups = (
         items.groupby([items[g].astype("string").fillna("(none)") for g in layout.group], sort=False)
-        if (layout.group)
+        if layout.group
         else [((), items)]
     )
     for key, frame in groups:
         key = key if isinstance(key, tuple) else (key,)
-        row_values = list(dict.fromkeys(frame[layout.rows].map(_label)))
-        col_values = list(dict.fromkeys(frame[layout.cols].map(_label))) if layout.cols else [""]
-        cells: dict[tuple[str, str], pd.Series] = {}
-        counts: dict[tuple[str, str], int] = {}
-        for _, item in frame.iterrows():
-            cell = (_label(item[layout.rows]), _label(item[layout.cols]) if layout.cols else "")
-            cells.setdefault(cell, item)  # several items in one cell: the sheet shows the first
-            counts[cell] = counts.get(cell, 0) + 1
+        if not frame.status.isin(_FINISHED).any():
+            continue
+        row_labels = [display(layout.rows, v) for v in frame[layout.rows]]
+        col_labels = [display(layout.cols, v) for v in frame[layout.cols]] if layout.cols else [""] * len(frame)
+        cells: dict[tuple[str, str], list[pd.Series]] = {}
+        for (_, item), r, c in zip(frame.iterrows(), row_labels, col_labels, strict=True):
+            cells.setdefault((r, c), []).append(item)
+        row_values, col_values = list(dict.fromkeys(row_labels)), list(dict.fromkeys(col_labels))
         pages = [
             (row_values[r : r + MAX_ROWS], col_values[c : c + MAX_COLS])
             for r in range(0, len(row_values), MAX_ROWS)
             for c in range(0, len(col_values), MAX_COLS)
         ]
-        title_group = ", ".join(f"{g}={v}" for g, v in zip(layout.group, key, strict=True)) or "all items"
+        title_group = ", ".join(f"{g}={display(g, v)}" for g, v in zip(layout.group, key, strict=True)) or "all items"
         for number, (page_rows, page_cols) in enumerate(pages, start=1):
+            page_cells = {(r, c): cells.get((r, c), []) for r in page_rows for c in page_cols}
+            if not any(item["status"] in _FINISHED for cell in page_cells.values() for item in cell):
+                continue
             title = f"{results.path.name}: {layout.rows} × {layout.cols or '-'} · {title_group}"
             if len(pages) > 1:
                 title += f" · page {number}/{len(pages)}"
-            image = _render_page(results.path, title, layout, page_rows, page_cols, cells, counts)
-            path = to / f"sheet-{_slug(key)}-p{number:02d}.png"
-            buffer = io.BytesIO()
-            image.save(buffer, "PNG", optimize=True)
-            write_atomic(path, buffer.getvalue())
-            paths.append(path)
-    return paths
+            jobs.append((to / f"sheet-{_slug(key)}-p{number:02d}.png", title, page_rows, page_cols, page_cells))
+
+    def digest(job) -> str:
+        _, title, page_rows, page_cols, page_cells = job
+        shown = [title, page_rows, page_cols]
+        for cell in page_cells.values():
+            shown.append(
+                [[str(i["item_id"]), str(i["status"]), str(i.get("error")), str(i.get("image_path"))] for i in cell]
+            )
+        return hashlib.sha1(json.dumps(shown, default=str).encode()).hexdigest()
+
+    def draw(job) -> tuple[Path, str]:
+        path, title, page_rows, page_cols, page_cells = job
+        signature = digest(job)
+        if drawn.get(path.name) == signature and path.exists():
+            return path, signature
+        image = _render_page(title, page_rows, page_cols, page_cells, images)
+        buffer = io.BytesIO()
+        image.save(buffer, "PNG", compress_level=1)
+        _write_cache(path, buffer.getvalue())
+        return path, signature
+
+    with ThreadPoolExecutor(_workers()) as pool:
+        done = list(pool.map(draw, jobs))
+    keep = {path.name for path, _ in done}
+    for stale in to.glob("sheet-*.png"):  # a new layout replaces the last report's sheets
+        if stale.name not in keep:
+            stale.unlink()
+    write_atomic(index_path, json.dumps({path.name: signature for path, signature in done}).encode())
+    return [path for path, _ in done]
 
 
-def _render_page(
-    root: Path, title: str, layout: Layout, rows: list[str], cols: list[str], cells: dict, counts: dict
-) -> Image.Image:
+def _render_page(title: str, rows: list[str], cols: list[str], cells: dict, images) -> Image.Image:
     width = LABEL_W + len(cols) * (CELL + PAD) + PAD
     height = TITLE_H + HEADER_H + len(rows) * (CELL + PAD) + PAD
     sheet = Image.new("RGB", (width, height), _BG)
@@ -196,195 +367,8 @@ def _render_page(
         y = TITLE_H + HEADER_H + r * (CELL + PAD)
         _wrap(draw, (PAD * 2, y + 4), row_value, LABEL_W - 4 * PAD, font(15), _INK, 10)
         for c, col in enumerate(cols):
-            x = LABEL_W + c * (CELL + PAD)
-            _draw_cell(sheet, draw, (x, y), cells.get((row_value, col)), root)
-            more = counts.get((row_value, col), 0) - 1
-            if more > 0:  # the cell shows one of several items
-                badge = f"+{more} more"
-                draw.rectangle((x, y + CELL - 22, x + 12 + 8 * len(badge), y + CELL), fill=(30, 30, 30))
-                draw.text((x + 6, y + CELL - 19), badge, font=font(13), fill=(255, 255, 255))
+            _draw_cell(sheet, draw, (LABEL_W + c * (CELL + PAD), y), cells.get((row_value, col), []), images)
     return sheet
-
-
-# ------------------------------------------------------------------------------------ HTML
-
-
-def _thumbs(results: RunResults, to: Path) -> dict[str, str]:
-    """Small JPEG thumbnails for the table, made once and reused by later reports."""
-    to.mkdir(parents=True, exist_ok=True)
-    paths: dict[str, str] = {}
-    ok = results.items[(results.items.status == "succeeded") & results.items.image_path.notna()]
-    for item_id, image_path in zip(ok.item_id, ok.image_path, strict=True):
-        target = to / f"{item_id}.jpg"
-        if not target.exists():
-            thumb = _thumbnail(results.path / image_path, THUMB)
-            if thumb is None:
-                continue
-            buffer = io.BytesIO()
-            thumb.save(buffer, "JPEG", quality=80)
-            write_atomic(target, buffer.getvalue())
-        paths[item_id] = f"thumbs/{item_id}.jpg"
-    return paths
-
-
-def _json_value(value: Any) -> Any:
-    """A cell as plain JSON: missing values as None, numpy scalars as Python numbers."""
-    if isinstance(value, (list, dict)):
-        return value
-    if pd.isna(value):
-        return None
-    return value.item() if hasattr(value, "item") else value
-
-
-def _records(results: RunResults, thumbs: dict[str, str]) -> tuple[list[dict], list[str]]:
-    shown = [c for c in ["item_id", *api_spec.PARAMETERS, *meta_columns(results.items)] if c in results.items.columns]
-    extra = ["status", "attempts", "http_status", "error", "latency_s", "cost_usd", "seed_value", "image_path"]
-    records = []
-    for row in results.items[shown + extra].itertuples(index=False):
-        record = {k: _json_value(v) for k, v in zip(shown + extra, row, strict=True)}
-        record["thumb"] = thumbs.get(record["item_id"])
-        records.append(record)
-    return records, shown
-
-
-def _table_html(frame: pd.DataFrame, caption: str) -> str:
-    if frame.empty:
-        return f"<h3>{html.escape(caption)}</h3><p class=muted>none</p>"
-    return f"<h3>{html.escape(caption)}</h3>" + frame.to_html(index=False, border=0, classes="summary", na_rep="—")
-
-
-def html_report(results: RunResults, to: Path, sheets: list[Path]) -> Path:
-    thumbs = _thumbs(results, to / "thumbs")
-    records, columns = _records(results, thumbs)
-    filters = [c for c in ["status", *results.axes] if results.items[c].nunique(dropna=True) <= 200]
-    data = json.dumps({"items": records, "columns": columns, "filters": filters}, ensure_ascii=False, default=str)
-    data = data.replace("</", "<\\/")  # nothing in the data can close the <script> it sits in
-    totals = {m: v for m, v in zip(results.totals.metric, results.totals.value, strict=True)}
-    spend = float(totals.get("spend_usd") or 0)
-    sheet_tags = "\n".join(
-        f'<figure><a href="sheets/{p.name}"><img src="sheets/{p.name}" alt="{html.escape(p.stem)}" '
-        f'loading="lazy"></a><figcaption>{html.escape(p.stem)}</figcaption></figure>'
-        for p in sheets
-    )
-    page = _TEMPLATE.format(
-        title=html.escape(results.path.name),
-        items=int(totals["items"]),
-        succeeded=int(totals["succeeded"]),
-        failed=int(totals["failed"]),
-        pending=int(totals["pending"]) + int(totals["sent"]),
-        spend=f"${spend:,.2f}",
-        p50=totals.get("latency_p50_s") if totals.get("latency_p50_s") is not None else "—",
-        p95=totals.get("latency_p95_s") if totals.get("latency_p95_s") is not None else "—",
-        retries=int(totals["retries"]),
-        limited=int(totals["rate_limited_429s"]),
-        status_table=_table_html(results.by_status, "Items by status"),
-        spend_table=_table_html(results.spend_by_axis, "Spend per axis value"),
-        latency_table=_table_html(results.latency, "Latency of successful requests (seconds)"),
-        failure_table=_table_html(results.failures, "Failure reasons"),
-        sheets=sheet_tags or "<p class=muted>no contact sheets</p>",
-        data=data,
-    )
-    index = to / "index.html"
-    write_atomic(index, page.encode("utf-8"))
-    return index
-
-
-_TEMPLATE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>{title} · batch-runner report</title>
-<link rel="icon" href="data:,">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<style>
-body {{ font: 14px/1.4 system-ui, sans-serif; margin: 24px; color: #222; background: #fafaf8; }}
-h1 {{ margin: 0 0 4px; }} .muted {{ color: #777; }}
-.cards {{ display: flex; flex-wrap: wrap; gap: 12px; margin: 16px 0; }}
-.card {{ background: #fff; border: 1px solid #ddd; border-radius: 8px; padding: 10px 16px; min-width: 110px; }}
-.card b {{ display: block; font-size: 22px; }}
-table {{ border-collapse: collapse; }} th, td {{ padding: 4px 8px; border-bottom: 1px solid #e4e4e4; text-align: left;
-  vertical-align: top; }}
-table.summary {{ margin-bottom: 16px; }} details {{ margin: 16px 0; }}
-.sheets figure {{ display: inline-block; margin: 0 12px 12px 0; }}
-.sheets img {{ max-width: 480px; border: 1px solid #ccc; }}
-#filters select, #filters input {{ margin: 0 12px 8px 4px; }}
-#items img {{ width: 96px; height: 96px; object-fit: contain; background: #eee; }}
-tr.failed td {{ background: #fde4e2; }} tr.pending td, tr.sent td {{ background: #ececf4; }}
-.params {{ font-family: ui-monospace, monospace; font-size: 12px; white-space: pre-wrap; max-width: 560px; }}
-</style></head>
-<body>
-<h1>{title}</h1><p class="muted">batch-runner report</p>
-<div class="cards">
-  <div class="card">items<b>{items}</b></div><div class="card">succeeded<b>{succeeded}</b></div>
-  <div class="card">failed<b>{failed}</b></div><div class="card">pending<b>{pending}</b></div>
-  <div class="card">spent<b>{spend}</b></div><div class="card">latency p50 / p95<b>{p50} / {p95} s</b></div>
-  <div class="card">retries<b>{retries}</b></div><div class="card">429s<b>{limited}</b></div>
-</div>
-<details open><summary><b>Summary</b></summary>
-{status_table}{spend_table}{latency_table}{failure_table}
-</details>
-<details open><summary><b>Contact sheets</b></summary><div class="sheets">{sheets}</div></details>
-<h2>Items</h2>
-<div id="filters"></div>
-<p id="count" class="muted"></p>
-<table id="items"><thead><tr><th>image</th><th>status</th><th>parameters</th><th>cost</th><th>latency</th>
-</tr></thead><tbody></tbody></table>
-<script id="report-data" type="application/json">{data}</script>
-<script>
-"use strict";
-const DATA = JSON.parse(document.getElementById("report-data").textContent);
-const LIMIT = 500;
-const filters = {{}};
-const box = document.getElementById("filters");
-for (const column of DATA.filters) {{
-  const values = [...new Set(DATA.items.map(i => i[column] == null ? "(none)" : String(i[column])))].sort();
-  const label = document.createElement("label");
-  label.textContent = column;
-  const select = document.createElement("select");
-  select.dataset.column = column;
-  select.innerHTML = '<option value="">all</option>' + values.map(v => {{
-    const o = document.createElement("option"); o.value = v; o.textContent = v; return o.outerHTML; }}).join("");
-  select.addEventListener("change", () => {{ filters[column] = select.value; render(); }});
-  label.appendChild(select);
-  box.appendChild(label);
-}}
-const search = document.createElement("input");
-search.type = "search"; search.placeholder = "search prompts"; search.id = "search";
-search.addEventListener("input", render);
-box.appendChild(search);
-
-function cell(text) {{ const td = document.createElement("td"); td.textContent = text; return td; }}
-
-function render() {{
-  const needle = search.value.toLowerCase();
-  const rows = DATA.items.filter(item => Object.entries(filters).every(([c, v]) =>
-      !v || (item[c] == null ? "(none)" : String(item[c])) === v)
-    && (!needle || String(item.prompt || "").toLowerCase().includes(needle)));
-  const body = document.querySelector("#items tbody");
-  body.replaceChildren();
-  for (const item of rows.slice(0, LIMIT)) {{
-    const tr = document.createElement("tr");
-    tr.className = item.status;
-    const imageCell = document.createElement("td");
-    if (item.thumb) {{
-      const a = document.createElement("a"); a.href = "../" + item.image_path;
-      const img = document.createElement("img"); img.src = item.thumb; img.loading = "lazy"; img.alt = item.item_id;
-      a.appendChild(img); imageCell.appendChild(a);
-    }}
-    tr.appendChild(imageCell);
-    tr.appendChild(cell(item.status + (item.error ? ": " + item.error : "") +
-      (item.attempts > 1 ? " (" + item.attempts + " attempts)" : "")));
-    const params = {{}};
-    for (const c of DATA.columns) if (item[c] != null) params[c] = item[c];
-    const p = cell(JSON.stringify(params, null, 1)); p.className = "params"; tr.appendChild(p);
-    tr.appendChild(cell(item.cost_usd == null ? "" : "$" + Number(item.cost_usd).toFixed(3)));
-    tr.appendChild(cell(item.latency_s == null ? "" : Number(item.latency_s).toFixed(2) + " s"));
-    body.appendChild(tr);
-  }}
-  document.getElementById("count").textContent =
-    `showing ${{Math.min(rows.length, LIMIT)}} of ${{rows.length}} matching items (${{DATA.items.length}} in all)`;
-}}
-render();
-</script>
-</body></html>
-"""
 
 
 def write_csv(results: RunResults, to: Path) -> list[Path]:

@@ -29,22 +29,35 @@ def register_report(sub: argparse._SubParsersAction) -> None:
         help="one sheet per value of this column (repeatable; default: every other axis that varies)",
     )
     p.add_argument("--csv", action="store_true", help="also write the summaries as CSV files in OUTPUT/report/")
+    p.add_argument(
+        "--compare",
+        metavar="OTHER",
+        help="another results folder to lay beside this one in the HTML report (items matched by item_id, "
+        "else by the same parameters but one)",
+    )
     p.set_defaults(handler=cmd_report)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .report import choose_layout, contact_sheets, html_report, write_csv
+    from .report import choose_layout, contact_sheets, make_thumbs, write_csv
+    from .viewer import html_report
 
     results = _results(args.output)
+    other = _results(args.compare) if args.compare else None
+    if other is not None and other.path.resolve() == results.path.resolve():
+        raise UsageError(f"--compare {args.compare}: that is the run being reported; name another results folder")
     layout = choose_layout(results, args.rows, args.cols, args.group)
     folder = results.path / "report"
-    sheets = contact_sheets(results, folder / "sheets", layout)
-    index = html_report(results, folder, sheets)
+    make_thumbs(results, folder / "thumbs")  # the sheets are drawn from these
+    sheets = contact_sheets(results, folder / "sheets", layout, folder / "thumbs")
+    index = html_report(results, folder, sheets, layout, compare=other)
     print(
         f"{len(sheets)} contact sheet(s) in {folder / 'sheets'} ({layout.rows} × {layout.cols or '—'}"
         + (f", one set per {', '.join(layout.group)}" if layout.group else "")
         + ")"
     )
+    if other is not None:
+        print(f"compared with {other.path} (a 'run' column; rows pair each item with its match)")
     print(f"report: {index}")
     if args.csv:
         for path in write_csv(results, folder):

@@ -145,6 +145,7 @@ def test_html_report_embeds_every_item_and_the_summary(sweep, tmp_path):
     page = (out / "report" / "index.html").read_text(encoding="utf-8")
     data = json.loads(page.split('<script id="report-data" type="application/json">')[1].split("</script>")[0])
     assert len(data["items"]) == 16 and "Category" in data["filters"] and "style_type" in data["filters"]
+    assert set(data["axes"]) >= {"prompt", "style_type", "seed", "Category"} and data["layout"]["page"] == "seed"
     assert "$0.76" in page and "Failure reasons" in page and "sheets/sheet-" in page
     assert "http://" not in page and "https://" not in page  # nothing fetched from the network
     thumbs = list((out / "report" / "thumbs").glob("*.jpg"))
@@ -178,17 +179,21 @@ def test_browser_loads_the_report_filters_rows_and_renders(sweep, tmp_path):
     driver = _chrome()
     try:
         driver.get((out / "report" / "index.html").resolve().as_uri())
-        rows = lambda: driver.find_elements(By.CSS_SELECTOR, "#items tbody tr")  # noqa: E731
-        assert len(rows()) == 16
+        Select(driver.find_element(By.ID, "axis-page")).select_by_value("")  # every seed on one grid
+        tiles = lambda: driver.find_elements(By.CSS_SELECTOR, "#grid .tile")  # noqa: E731
+        row_of = lambda tile: tile.find_element(By.XPATH, "ancestor::tr/th").text  # noqa: E731
+        assert len(tiles()) == 16
         Select(driver.find_element(By.CSS_SELECTOR, 'select[data-column="Category"]')).select_by_value("Animals")
-        assert len(rows()) == 4 and all("a sleepy cat" in r.text for r in rows())
+        assert len(tiles()) == 4 and all(row_of(t) == "a sleepy cat" for t in tiles())
         Select(driver.find_element(By.CSS_SELECTOR, 'select[data-column="status"]')).select_by_value("failed")
-        assert len(rows()) == 0 and "showing 0 of 0" in driver.find_element(By.ID, "count").text
+        assert len(tiles()) == 0 and "0 matching items" in driver.find_element(By.ID, "count").text
         Select(driver.find_element(By.CSS_SELECTOR, 'select[data-column="Category"]')).select_by_value("")
-        assert len(rows()) == 4 and all("failed" in r.text for r in rows())
+        assert len(tiles()) == 4 and all("FAILED" in t.text for t in tiles())
         driver.find_element(By.ID, "search").send_keys("lighthouse")
-        assert len(rows()) == 0
-        time.sleep(0.3)  # let lazy images and sheets paint before the screenshot
+        assert len(tiles()) == 0
+        Select(driver.find_element(By.CSS_SELECTOR, 'select[data-column="status"]')).select_by_value("")
+        assert len(tiles()) == 4 and all(row_of(t) == "a tall lighthouse" for t in tiles())
+        time.sleep(0.3)  # let lazy images paint before the screenshot
         shot = Image.open(io.BytesIO(driver.get_screenshot_as_png())).convert("RGB")
         errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
     finally:
@@ -204,20 +209,32 @@ def test_export_imagefolder_loads_with_hugging_face_and_only_adds_new(sweep, tmp
     assert first.returncode == 0 and "exported 12 new item(s)" in first.stdout
     again = run_cli("export", str(out), "--format", "imagefolder", "--to", str(dataset))
     assert "exported 0 new item(s)" in again.stdout and "12 were there already" in again.stdout
-    lines = [json.loads(x) for x in (dataset / "metadata.jsonl").read_text().splitlines()]
+    lines = pd.read_parquet(dataset / "metadata.parquet").to_dict("records")
     assert len(lines) == 12 and all((dataset / line["file_name"]).exists() for line in lines)
     assert {"text", "prompt", "style_type", "seed", "Category", "item_id"} <= set(lines[0])
+    card = (dataset / "README.md").read_text()
+    assert card.startswith("---\n") and "dtype: image" in card and "12 images" in card
 
+    # Columns empty in every row (negative_prompt here) keep their type: a trainer's schema
+    # does not change with the data.
     code = (
         "import json, sys\nfrom datasets import load_dataset\n"
         "ds = load_dataset('imagefolder', data_dir=sys.argv[1], split='train')\n"
-        "print(json.dumps({'rows': len(ds), 'size': list(ds[0]['image'].size), 'cats': sorted(set(ds['Category']))}))\n"
+        "types = {k: str(v) for k, v in ds.features.items()}\n"
+        "print(json.dumps({'rows': len(ds), 'size': list(ds[0]['image'].size), 'cats': sorted(set(ds['Category'])),"
+        " 'negative_prompt': types['negative_prompt'], 'seed_value': types['seed_value']}))\n"
     )
     env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
     loaded = subprocess.run([sys.executable, "-c", code, str(dataset)], capture_output=True, text=True, env=env)
     assert loaded.returncode == 0, loaded.stderr[-1500:]
     summary = json.loads(loaded.stdout.strip().splitlines()[-1])
-    assert summary == {"rows": 12, "size": [512, 1536], "cats": ["Animals", "Outdoor", "Vehicles"]}
+    assert summary == {
+        "rows": 12,
+        "size": [512, 1536],
+        "cats": ["Animals", "Outdoor", "Vehicles"],
+        "negative_prompt": "Value('string')",
+        "seed_value": "Value('int64')",
+    }
 
 
 def test_export_webdataset_shards_and_adds_only_new_shards(tmp_path, sandbox):
@@ -232,9 +249,11 @@ def test_export_webdataset_shards_and_adds_only_new_shards(tmp_path, sandbox):
     digests = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in first}
     with tarfile.open(first[0]) as tar:
         names = tar.getnames()
-        assert len(names) == 6 and {n.split(".", 1)[1] for n in names} == {"jpg", "json"}
+        assert len(names) == 9 and {n.split(".", 1)[1] for n in names} == {"jpg", "txt", "json"}
         record = json.load(tar.extractfile([n for n in names if n.endswith(".json")][0]))
         assert record["text"] == record["prompt"] and record["Category"] in ("A", "B")
+        caption = tar.extractfile([n for n in names if n.endswith(".txt")][0]).read().decode()
+        assert caption in ("web one", "web two")
 
     sweep_job(tmp_path, prompts + [("web three", "C")])
     assert run(job, out, sandbox).returncode == 0
