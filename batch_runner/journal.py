@@ -66,11 +66,45 @@ class Replay:
         return None
 
 
+class GroupSync:
+    """One fdatasync for every writer waiting: `wait_for(n)` returns once a sync that started
+    after write number n finished. `written()` says how many writes have completed."""
+
+    def __init__(self, fd: int, written: Any, sync: Any = os.fdatasync):
+        self._fd = fd
+        self._fsync = sync
+        self._written = written
+        self._cond = threading.Condition()
+        self._synced = 0
+        self._syncing = False
+        self.syncs = 0
+
+    def wait_for(self, n: int) -> None:
+        with self._cond:
+            while self._synced < n:
+                if self._syncing:
+                    self._cond.wait()
+                    continue
+                self._syncing = True
+                target = self._written()  # every write up to here is complete, and >= n
+                self._cond.release()
+                try:
+                    self._fsync(self._fd)
+                    self.syncs += 1
+                finally:
+                    self._cond.acquire()
+                    self._syncing = False
+                    self._cond.notify_all()
+                self._synced = max(self._synced, target)
+
+
 class Journal:
     def __init__(self, path: Path):
         self.path = path
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         self._lock = threading.Lock()
+        self._written = 0  # lines written; line k is durable once self._sync has covered k
+        self._sync = GroupSync(self._fd, lambda: self._written)
         self._repair_tail()
 
     def _repair_tail(self) -> None:
@@ -84,12 +118,18 @@ class Journal:
                     os.write(self._fd, b"\n")
 
     def write(self, event: dict[str, Any]) -> None:
+        """Append one line; return once an fdatasync that began after the line was written is
+        done. Group commit: writers append under the lock, and one fdatasync covers every line
+        written before it started, so concurrent writers share it. Durability is unchanged:
+        no call returns before its own bytes are on disk."""
         data = (json.dumps(event, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
         with self._lock:
             view = memoryview(data)
             while view:
                 view = view[os.write(self._fd, view) :]
-            os.fdatasync(self._fd)
+            self._written += 1
+            mine = self._written
+        self._sync.wait_for(mine)
 
     def run_started(self, **info: Any) -> None:
         self.write({"e": "run", "at": time.time(), **info})
@@ -149,6 +189,41 @@ def read_events(path: Path) -> Iterator[dict[str, Any] | None]:
             yield event if isinstance(event, dict) else None
 
 
+def apply_event(event: dict[str, Any], state: ItemState) -> None:
+    """One item event onto its item's state: the replay's rules, shared with the ledger."""
+    kind = event.get("e")
+    if kind == "sent":
+        if state.open_attempt:
+            state.unanswered += 1  # the previous attempt was cut off by a crash
+        state.open_attempt = True
+        state.status = "sent"
+        state.attempts = max(state.attempts, int(event.get("n", state.attempts + 1)))
+        state.first_sent_at = state.first_sent_at or event.get("at")
+        if event.get("row"):
+            state.row = event["row"]
+    elif kind == "attempt":
+        state.open_attempt = False
+        state.status = "pending"
+        state.http_status = event.get("http")
+        state.error = event.get("error")
+        state.cost_usd += float(event.get("cost") or 0.0)
+        state.latency_s = event.get("latency")
+        state.rate_limited += event.get("http") == 429
+        state.unanswered += not event.get("answered", True) and event.get("reached", True)
+    elif kind == "done":
+        state.open_attempt = False
+        state.status = event.get("status", state.status)
+        state.finished_at = event.get("at")
+        # A success carries its attempt's outcome itself: one fsync fewer per image.
+        state.cost_usd += float(event.get("cost") or 0.0)
+        state.attempts = max(state.attempts, int(event.get("n") or 0))
+        if "latency" in event:
+            state.latency_s = event["latency"]
+        for name in ("image_path", "seed_value", "request_id", "remaining_credits", "error", "http_status"):
+            if name in event:
+                setattr(state, name, event[name])
+
+
 def replay(path: Path) -> Replay:
     items: dict[str, ItemState] = {}
     runs: list[dict[str, Any]] = []
@@ -164,37 +239,7 @@ def replay(path: Path) -> Replay:
         item_id = event.get("id")
         if not isinstance(item_id, str):
             continue
-        state = items.setdefault(item_id, ItemState())
-        if kind == "sent":
-            if state.open_attempt:
-                state.unanswered += 1  # the previous attempt was cut off by a crash
-            state.open_attempt = True
-            state.status = "sent"
-            state.attempts = max(state.attempts, int(event.get("n", state.attempts + 1)))
-            state.first_sent_at = state.first_sent_at or event.get("at")
-            if event.get("row"):
-                state.row = event["row"]
-        elif kind == "attempt":
-            state.open_attempt = False
-            state.status = "pending"
-            state.http_status = event.get("http")
-            state.error = event.get("error")
-            state.cost_usd += float(event.get("cost") or 0.0)
-            state.latency_s = event.get("latency")
-            state.rate_limited += event.get("http") == 429
-            state.unanswered += not event.get("answered", True) and event.get("reached", True)
-        elif kind == "done":
-            state.open_attempt = False
-            state.status = event.get("status", state.status)
-            state.finished_at = event.get("at")
-            # A success carries its attempt's outcome itself: one fsync fewer per image.
-            state.cost_usd += float(event.get("cost") or 0.0)
-            state.attempts = max(state.attempts, int(event.get("n") or 0))
-            if "latency" in event:
-                state.latency_s = event["latency"]
-            for name in ("image_path", "seed_value", "request_id", "remaining_credits", "error", "http_status"):
-                if name in event:
-                    setattr(state, name, event[name])
+        apply_event(event, items.setdefault(item_id, ItemState()))
     # A request on record as sent with no answer on record was cut off by a crash.
     for state in items.values():
         if state.open_attempt:

@@ -5,9 +5,12 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
+
+from .journal import GroupSync
 
 IMAGES = "images"
 JOURNAL = "journal.jsonl"
@@ -54,6 +57,9 @@ class OutputDir:
         self.runs = self.path / RUNS
         self.pacing = self.path / PACING
         self._lock_fd: int | None = None
+        self._images_fd: int | None = None
+        self._images_lock = threading.Lock()
+        self._renamed = 0
 
     def exists(self) -> bool:
         return self.journal.exists() or self.manifest.exists()
@@ -85,6 +91,9 @@ class OutputDir:
         self._lock_fd = fd
 
     def unlock(self) -> None:
+        if self._images_fd is not None:
+            os.close(self._images_fd)
+            self._images_fd = None
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
@@ -115,7 +124,21 @@ class OutputDir:
     def save_image(self, item_id: str, data: bytes, extension: str) -> str:
         """Store a received image durably; returns its path relative to the folder."""
         path = self.image_path(item_id, extension)
-        write_atomic(path, data)
+        tmp = path.with_name(f".{path.name}{_PARTIAL}")
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        # The rename is durable once the folder is fsynced; workers saving at once share one
+        # fsync of it (group commit), each returning only after one that covers its rename.
+        with self._images_lock:
+            if self._images_fd is None:
+                self._images_fd = os.open(self.images, os.O_RDONLY)
+                self._images_sync = GroupSync(self._images_fd, lambda: self._renamed, os.fsync)
+            self._renamed += 1
+            mine = self._renamed
+        self._images_sync.wait_for(mine)
         return path.relative_to(self.path).as_posix()
 
     def find_image(self, item_id: str) -> Path | None:

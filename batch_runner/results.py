@@ -7,21 +7,24 @@ row groups, so a million-item manifest never sits in memory as one DataFrame.
 
 from __future__ import annotations
 
-import io
 import json
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from datetime import datetime, timezone
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from . import api_spec
 from .items import Item
-from .journal import ItemState, Replay, replay
-from .output_dir import OutputDir, fsync_dir, write_atomic
+from .journal import ItemState, Replay
+from .ledger import Ledger
+from .ledger import load as load_ledger
+from .output_dir import OutputDir, fsync_dir
 
 STATE_FIELDS: list[tuple[str, pa.DataType]] = [
     ("status", pa.string()),
@@ -86,18 +89,6 @@ def _row(base: dict[str, Any], state: ItemState | None, in_plan: bool, meta_colu
     return row
 
 
-def manifest_rows(items: Iterable[Item], journal: Replay, meta_columns: list[str]) -> Iterator[dict[str, Any]]:
-    """One row per planned item, then rows for journaled items the plan no longer has:
-    a result that was paid for stays on record even if the manifest dropped its item."""
-    planned: set[str] = set()
-    for item in items:
-        planned.add(item.item_id)
-        yield _row(item.row(), journal.items.get(item.item_id), True, meta_columns)
-    for item_id, state in journal.items.items():
-        if item_id not in planned:
-            yield _row({**state.row, "item_id": item_id}, state, False, meta_columns)
-
-
 def _metadata_line(row: dict[str, Any], meta_columns: list[str]) -> str:
     # Hugging Face imagefolder: file_name relative to this file, then any columns.
     record = {"file_name": row["image_path"], "item_id": row["item_id"], "text": row["prompt"]}
@@ -107,36 +98,94 @@ def _metadata_line(row: dict[str, Any], meta_columns: list[str]) -> str:
     return json.dumps(record, ensure_ascii=False) + "\n"
 
 
-def write_manifest(out: OutputDir, items: Iterable[Item], journal: Replay, meta_columns: list[str]) -> int:
-    """Rewrite manifest.parquet and metadata.jsonl from the plan and the journal; returns rows."""
+def _param(value: Any) -> Any:
+    return json.dumps(value, sort_keys=True) if isinstance(value, dict) else value
+
+
+def _plan_chunk(
+    items: list[Item], ledger: Ledger, meta_columns: list[str], table_schema: pa.Schema, seen: np.ndarray
+) -> pa.Table:
+    """Manifest rows for a chunk of planned items: parameters from the plan, state from the ledger."""
+    ids = [item.item_id for item in items]
+    positions = ledger.positions(ids)
+    seen[positions[positions >= 0]] = True
+    columns: dict[str, Any] = {"item_id": pa.array(ids, pa.string())}
+    for p in api_spec.PARAMETERS:
+        columns[p] = pa.array([_param(item.params.get(p)) for item in items], table_schema.field(p).type)
+    for m in meta_columns:
+        columns[m] = pa.array([None if (v := item.meta.get(m)) is None else str(v) for item in items], pa.string())
+    columns.update(ledger.columns(positions))
+    columns["in_plan"] = pa.array(np.ones(len(items), dtype=bool))
+    return pa.table([columns[f.name] for f in table_schema], schema=table_schema)
+
+
+def manifest_stamp(ledger: Ledger, plan_digest: str) -> dict[bytes, bytes]:
+    """What a manifest reflects: the ledger's last item event and the plan. Equal stamps, equal
+    manifests, so a run with nothing to do need not rewrite it."""
+    return {b"batch_runner.manifest": json.dumps({"ledger": ledger.stamp(), "plan": plan_digest}).encode()}
+
+
+def manifest_is_current(out: OutputDir, stamp: dict[bytes, bytes]) -> bool:
+    try:
+        metadata = pq.read_schema(out.manifest).metadata or {}
+    except (OSError, pa.ArrowException):
+        return False
+    key = next(iter(stamp))
+    return metadata.get(key) == stamp[key] and out.metadata.exists()
+
+
+def write_manifest(
+    out: OutputDir,
+    items: Iterable[Item],
+    journal: Ledger,
+    meta_columns: list[str],
+    stamp: dict[bytes, bytes] | None = None,
+) -> int:
+    """Rewrite manifest.parquet and metadata.jsonl from the plan and the ledger; returns rows.
+
+    Columnar a chunk at a time: memory holds one chunk of the plan, whatever the job's size."""
     table_schema = schema(meta_columns)
+    if stamp:
+        table_schema = table_schema.with_metadata(stamp)
     tmp = out.manifest.with_name(f".{out.manifest.name}.partial")
-    metadata = io.StringIO()
+    meta_tmp = out.metadata.with_name(f".{out.metadata.name}.partial")
+    seen = journal.new_seen()
     count = 0
-    with pq.ParquetWriter(tmp, table_schema) as writer:
-        batch: list[dict[str, Any]] = []
-        for row in manifest_rows(items, journal, meta_columns):
-            batch.append(row)
-            if row["status"] == "succeeded" and row["image_path"]:
+    with pq.ParquetWriter(tmp, table_schema) as writer, open(meta_tmp, "w", encoding="utf-8") as metadata:
+
+        def put(table: pa.Table) -> None:
+            nonlocal count
+            writer.write_table(table)
+            count += len(table)
+            done = pc.and_(pc.equal(table.column("status"), "succeeded"), pc.is_valid(table.column("image_path")))
+            for row in table.filter(done.fill_null(False)).to_pylist():
                 metadata.write(_metadata_line(row, meta_columns))
-            if len(batch) >= _BATCH:
-                writer.write_table(pa.Table.from_pylist(batch, schema=table_schema))
-                count += len(batch)
-                batch = []
-        if batch or count == 0:
-            writer.write_table(pa.Table.from_pylist(batch, schema=table_schema))
-            count += len(batch)
+
+        chunk: list[Item] = []
+        for item in items:
+            chunk.append(item)
+            if len(chunk) >= _BATCH:
+                put(_plan_chunk(chunk, journal, meta_columns, table_schema, seen))
+                chunk = []
+        if chunk:
+            put(_plan_chunk(chunk, journal, meta_columns, table_schema, seen))
+        # A result that was paid for stays on record even if the manifest dropped its item.
+        rows = [_row({**s.row, "item_id": i}, s, False, meta_columns) for i, s in journal.not_in(seen)]
+        if rows or count == 0:
+            put(pa.Table.from_pylist(rows, schema=table_schema))
+        metadata.flush()
+        os.fsync(metadata.fileno())
     with open(tmp, "rb+") as f:
         os.fsync(f.fileno())
+    os.replace(meta_tmp, out.metadata)
     os.replace(tmp, out.manifest)
     fsync_dir(out.path)
-    write_atomic(out.metadata, metadata.getvalue().encode("utf-8"))
     return count
 
 
-def current_frame(out: OutputDir, journal: Replay | None = None) -> pd.DataFrame:
+def current_frame(out: OutputDir, journal: Ledger | Replay | None = None) -> pd.DataFrame:
     """The manifest as of now: the last manifest.parquet with the journal's newer news on top."""
-    journal = journal or replay(out.journal)
+    journal = load_ledger(out) if journal is None else journal
     if out.manifest.exists():
         frame = pd.read_parquet(out.manifest)
     else:
@@ -170,26 +219,34 @@ def summarize(out: OutputDir, price_per_image: float | None = None) -> dict[str,
     no answer (a timeout, a cut connection, a crash between send and answer) at the price of
     an image, since the API cannot say whether it charged them. Together they are the most
     the invoice can show."""
-    journal = replay(out.journal)
+    journal = load_ledger(out)
     price = price_per_image or journal.price or api_spec.PRICE_PER_IMAGE
-    frame = current_frame(out, journal)
     counts = {s: 0 for s in ("succeeded", "failed", "pending", "sent")}
-    if "status" in frame.columns:
-        for status, n in frame["status"].fillna("pending").value_counts().items():
-            counts[str(status)] = int(n)
+    items = len(journal)
+    # The manifest's rows the journal has no news of, plus every item the journal names:
+    # counted column by column, never a row object per item.
+    if out.manifest.exists():
+        manifest = pq.read_table(out.manifest, columns=["item_id", "status"])
+        unknown = journal.positions(manifest.column("item_id")) < 0
+        statuses = manifest.column("status").filter(pa.array(unknown)).fill_null("pending")
+        for entry in pc.value_counts(statuses).to_pylist():
+            counts[str(entry["values"])] = counts.get(str(entry["values"]), 0) + int(entry["counts"])
+        items += int(unknown.sum())
+    for status, n in journal.status_counts().items():
+        counts[status] = counts.get(status, 0) + n
     left = counts["pending"] + counts["sent"]
     runs = journal.runs
     return {
         "output": str(out.path),
         "job": runs[-1].get("job") if runs else None,
-        "items": int(len(frame)),
+        "items": items,
         "counts": counts,
         "spent_usd": round(journal.spent, 6),
         "possibly_billed_usd": round(journal.unanswered * price, 6),
         "left": left,
         "left_estimated_cost_usd": round(left * price, 6),
         "unanswered_attempts": journal.unanswered,
-        "rate_limited": sum(s.rate_limited for s in journal.items.values()),
+        "rate_limited": journal.rate_limited,
         "runs": len(runs),
         "last_run_at": _timestamp(runs[-1].get("at")).isoformat(timespec="seconds").replace("+00:00", "Z")
         if runs
