@@ -40,9 +40,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -59,6 +56,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from batch_runner.sandbox import V1_PATH, Sandbox, SandboxConfig  # noqa: E402
+from tests.nginx import Nginx, nginx_binary  # noqa: E402
 
 KEY = "sandbox-key"
 NAIVE_THREADS = 16
@@ -94,110 +92,6 @@ def bodies(items: int, tag: str) -> list[dict]:
         for seed in range(100, 100 + items // 2)
         for animal in ("lighthouse", "fox")
     ]
-
-
-# ---------------------------------------------------------------------------- nginx
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Nginx:
-    """Debian's nginx as a rate-limiting reverse proxy for the sandbox, on 127.0.0.1 only."""
-
-    def __init__(self, upstream_port: int, rate_rps: float, burst: int, retry_after: bool):
-        self.dir = Path(tempfile.mkdtemp(prefix="bench-nginx-"))
-        (self.dir / "tmp").mkdir()
-        os.chmod(self.dir / "tmp", 0o777)  # workers run as nobody when the master is root
-        self.port = free_port()
-        rate = f"{rate_rps * 60:g}r/m" if rate_rps * 60 == int(rate_rps * 60) else f"{rate_rps:g}r/s"
-        header = "add_header Retry-After 1 always;" if retry_after else ""
-        d = self.dir
-        (d / "nginx.conf").write_text(
-            f"""
-worker_processes 1;
-pid {d}/nginx.pid;
-error_log {d}/error.log warn;
-events {{ worker_connections 1024; }}
-http {{
-    client_body_temp_path {d}/tmp/body;
-    proxy_temp_path {d}/tmp/proxy;
-    fastcgi_temp_path {d}/tmp/fastcgi;
-    uwsgi_temp_path {d}/tmp/uwsgi;
-    scgi_temp_path {d}/tmp/scgi;
-    log_format bench '$msec $status $request_method $uri';
-    access_log {d}/access.log bench;
-    # One bucket per API key, as the real API limits per key.
-    limit_req_zone $http_x_api_key zone=api:1m rate={rate};
-    limit_req_status 429;
-    limit_req_log_level info;
-    upstream sandbox {{ server 127.0.0.1:{upstream_port}; keepalive 64; }}
-    server {{
-        listen 127.0.0.1:{self.port};
-        location = {V1_PATH} {{
-            limit_req zone=api burst={burst} nodelay;
-            error_page 429 = @limited;
-            proxy_pass http://sandbox;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_buffering off;
-            proxy_read_timeout 300s;
-        }}
-        location @limited {{
-            default_type application/json;
-            {header}
-            return 429 '{{"error":"Rate limit exceeded"}}';
-        }}
-        location / {{
-            proxy_pass http://sandbox;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-        }}
-    }}
-}}
-""",
-            encoding="utf-8",
-        )
-        self.proc = subprocess.Popen(
-            ["nginx", "-p", str(d), "-c", str(d / "nginx.conf"), "-g", "daemon off;"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
-                break
-            except OSError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit(f"nginx did not start: {self.proc.stderr.read().decode()[-1000:]}")
-                time.sleep(0.05)
-
-    @property
-    def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}{V1_PATH}"
-
-    def statuses(self) -> Counter:
-        """Status codes nginx answered for generation requests, from its access log."""
-        counts: Counter = Counter()
-        for line in (self.dir / "access.log").read_text().splitlines():
-            parts = line.split()
-            if len(parts) == 4 and parts[2] == "POST" and parts[3] == V1_PATH:
-                counts[parts[1]] += 1
-        return counts
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGQUIT)  # graceful: finish logging, then exit
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------- clients
@@ -357,7 +251,7 @@ def main() -> None:
     unknown = (set(clients) - set(CLIENTS)) | (set(limiters) - set(LIMITERS))
     if unknown:
         raise SystemExit(f"unknown clients or limiters: {sorted(unknown)}")
-    if any(x.startswith("nginx") for x in limiters) and not shutil.which("nginx"):
+    if any(x.startswith("nginx") for x in limiters) and not nginx_binary():
         raise SystemExit("nginx is not installed (apt-get install nginx-light), or pass --limiters fixed")
     args.repo = args.repo.resolve()
 
