@@ -59,11 +59,7 @@ class Replay:
 
     @property
     def price(self) -> float | None:
-        """The price per image the latest run assumed, to value attempts with no answer."""
-        for run in reversed(self.runs):
-            if isinstance(run.get("price_per_image"), (int, float)):
-                return float(run["price_per_image"])
-        return None
+        return latest_price(self.runs)
 
 
 class GroupSync:
@@ -96,6 +92,14 @@ class GroupSync:
                     self._syncing = False
                     self._cond.notify_all()
                 self._synced = max(self._synced, target)
+
+
+def latest_price(runs: list[dict[str, Any]]) -> float | None:
+    """The price per image the latest run assumed, to value attempts with no answer."""
+    for run in reversed(runs):
+        if isinstance(run.get("price_per_image"), (int, float)):
+            return float(run["price_per_image"])
+    return None
 
 
 class Journal:

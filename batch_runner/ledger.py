@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 
-from .journal import ItemState, apply_event
+from .journal import ItemState, apply_event, latest_price
 from .output_dir import OutputDir, fsync_dir
 
 VERSION = 1
@@ -398,10 +398,7 @@ class Ledger:
 
     @property
     def price(self) -> float | None:
-        for run in reversed(self.runs):
-            if isinstance(run.get("price_per_image"), (int, float)):
-                return float(run["price_per_image"])
-        return None
+        return latest_price(self.runs)
 
     def status_counts(self) -> dict[str, int]:
         if not len(self.table):

@@ -38,13 +38,19 @@ def write_atomic(path: Path, data: bytes) -> None:
     """Write data so that path holds either its old content or all of data, never a part.
 
     The temporary name ends in .partial, which nothing ever reads as a result."""
+    _replace_durably(path, data)
+    fsync_dir(path.parent)
+
+
+def _replace_durably(path: Path, data: bytes) -> None:
+    """Write data to a .partial sibling, fsync it, and rename it over path (the folder's own
+    fsync, which makes the rename durable, is the caller's)."""
     tmp = path.with_name(f".{path.name}{_PARTIAL}")
     with open(tmp, "wb") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    fsync_dir(path.parent)
 
 
 class OutputDir:
@@ -124,12 +130,7 @@ class OutputDir:
     def save_image(self, item_id: str, data: bytes, extension: str) -> str:
         """Store a received image durably; returns its path relative to the folder."""
         path = self.image_path(item_id, extension)
-        tmp = path.with_name(f".{path.name}{_PARTIAL}")
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        _replace_durably(path, data)
         # The rename is durable once the folder is fsynced; workers saving at once share one
         # fsync of it (group commit), each returning only after one that covers its rename.
         with self._images_lock:
