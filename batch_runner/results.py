@@ -22,27 +22,20 @@ import pyarrow.parquet as pq
 from . import api_spec
 from .items import Item
 from .journal import ItemState, Replay
+from .ledger import SCHEMA as LEDGER_SCHEMA
 from .ledger import Ledger
 from .ledger import load as load_ledger
 from .output_dir import OutputDir, fsync_dir
 
+# The manifest's state columns are the ledger's, in its order: times become timestamps (the
+# ledger keeps epoch seconds), its internals stay out, and in_plan is the manifest's own.
+_TIMES = {"first_sent_at", "finished_at"}
+_LEDGER_ONLY = {"item_id", "open_attempt", "row"}
 STATE_FIELDS: list[tuple[str, pa.DataType]] = [
-    ("status", pa.string()),
-    ("attempts", pa.int64()),
-    ("http_status", pa.int64()),
-    ("error", pa.string()),
-    ("latency_s", pa.float64()),
-    ("cost_usd", pa.float64()),
-    ("remaining_credits", pa.float64()),
-    ("seed_value", pa.int64()),
-    ("request_id", pa.string()),
-    ("image_path", pa.string()),
-    ("first_sent_at", pa.timestamp("ms", tz="UTC")),
-    ("finished_at", pa.timestamp("ms", tz="UTC")),
-    ("rate_limited", pa.int64()),
-    ("unanswered", pa.int64()),
-    ("in_plan", pa.bool_()),
-]
+    (f.name, pa.timestamp("ms", tz="UTC") if f.name in _TIMES else f.type)
+    for f in LEDGER_SCHEMA
+    if f.name not in _LEDGER_ONLY
+] + [("in_plan", pa.bool_())]
 STATE_COLUMNS = [name for name, _ in STATE_FIELDS]
 _PARAM_TYPES = {"seed": pa.int64()}
 _BATCH = 50_000
