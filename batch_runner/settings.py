@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, fields
 from typing import Any
 
-from . import api_spec
+from batch_runner.api import spec as api_spec
 
 # The most requests in flight; the pacer opens as many as the learned rate needs (Little's
 # law). 32 lets a Pro key (50 RPM at ~12.8 s, ~11 in flight) reach its ceiling with room for

@@ -34,8 +34,8 @@ from benchmarks.bench_plan import manifest_for  # noqa: E402
 
 def synthesize(job_path: Path, out: Path) -> int:
     """A journal where every item of the job succeeded; returns the item count."""
-    from batch_runner.items import Deduplicated
-    from batch_runner.manifest import load_job
+    from batch_runner.job.items import Deduplicated
+    from batch_runner.job.manifest import load_job
 
     job = load_job(job_path)
     out.mkdir(parents=True, exist_ok=True)
@@ -76,11 +76,11 @@ def measure_wait4(*args: str) -> tuple[float, float, str]:
 
 def fold_cost(job_path: Path, out: Path) -> tuple[float, float]:
     """Seconds for one periodic fold after 1% of the items got news, then the final manifest."""
-    from batch_runner import ledger as ledger_module
-    from batch_runner.journal import Journal
-    from batch_runner.manifest import load_job
-    from batch_runner.output_dir import OutputDir
-    from batch_runner.results import write_manifest
+    from batch_runner.job.manifest import load_job
+    from batch_runner.store import ledger as ledger_module
+    from batch_runner.store.fold import write_manifest
+    from batch_runner.store.journal import Journal
+    from batch_runner.store.output_dir import OutputDir
 
     job = load_job(job_path)
     od = OutputDir(out)
@@ -95,7 +95,7 @@ def fold_cost(job_path: Path, out: Path) -> tuple[float, float]:
     led = ledger_module.load(od)
     led.checkpoint()
     checkpoint = time.perf_counter() - start
-    from batch_runner.items import Deduplicated
+    from batch_runner.job.items import Deduplicated
 
     start = time.perf_counter()
     write_manifest(od, Deduplicated(job.iter_items()), led, job.meta_columns)

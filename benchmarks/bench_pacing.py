@@ -6,7 +6,7 @@ Clients (side by side, one after another, each against a fresh limiter):
   runner-rpm  this runner's CLI with --rpm set to the limiter's ceiling
   naive       a thread pool (16 threads) where each thread retries its 429s with tenacity's
               jittered exponential backoff and ignores Retry-After: the usual first attempt
-  pacer       (only if asked for: --clients ...,pacer,pacer-rpm) batch_runner.pacing.Pacer
+  pacer       (only if asked for: --clients ...,pacer,pacer-rpm) batch_runner.engine.pacing.Pacer
   pacer-rpm   driving a bare thread pool, without and with ceiling_rpm: what the runner should
               reach once it is wired to the Pacer
 
@@ -135,8 +135,8 @@ def run_naive(endpoint: str, items: int, tag: str) -> None:
 
 
 def run_pacer(endpoint: str, items: int, tag: str, ceiling_rpm: float | None) -> None:
-    from batch_runner.client import retry_at_from
-    from batch_runner.pacing import Pacer
+    from batch_runner.api.client import retry_at_from
+    from batch_runner.engine.pacing import Pacer
 
     pacer = Pacer(ceiling_rpm=ceiling_rpm)
     stop = threading.Event()

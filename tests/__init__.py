@@ -1,1 +1,1 @@
-"""Tests for batch_runner. A package, so that `from tests.conftest import ...` works under plain `pytest`."""
+"""Tests for batch_runner. A package, so that `from tests.helpers import ...` works under plain `pytest`."""

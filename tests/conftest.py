@@ -1,27 +1,16 @@
-"""Shared test helpers and fixtures.
-
-`tests/` is a package (tests/__init__.py), so pytest puts the repository root on sys.path and
-`from tests.conftest import ...` works under plain `pytest`, `python -m pytest`, and from any
-folder (`pytest /path/to/repo/tests`), with this module imported once.
-"""
+"""Fixtures and Hypothesis profiles. Helpers that tests import by name are in tests/helpers.py."""
 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 from hypothesis import settings as hypothesis_settings
 from hypothesis.database import DirectoryBasedExampleDatabase
 
-from batch_runner.sandbox import Sandbox, SandboxConfig
-
-REPO = Path(__file__).resolve().parent.parent
-BUNDLED_PARTI = REPO / "jobs" / "data" / "PartiPrompts.tsv"
-FAKE_KEY = "fake-test-key-0000-not-a-real-key"
+from batch_runner.sandbox import Sandbox
+from tests.helpers import BUNDLED_PARTI, REPO, sandbox_config
 
 # Hypothesis profiles. "dev" (the default) keeps failing examples in the repository's .hypothesis/
 # (gitignored) wherever pytest is started from, and replays them first: a failure found once is
@@ -33,18 +22,6 @@ FAKE_KEY = "fake-test-key-0000-not-a-real-key"
 hypothesis_settings.register_profile("dev", database=DirectoryBasedExampleDatabase(REPO / ".hypothesis" / "examples"))
 hypothesis_settings.register_profile("ci", database=None, print_blob=True)
 hypothesis_settings.load_profile("ci" if os.environ.get("CI") else "dev")
-
-
-def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 120):
-    """The real command in a subprocess: exit code, stdout and stderr as a user sees them."""
-    return subprocess.run(
-        [sys.executable, "-m", "batch_runner", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd or REPO,
-        env=env,
-        timeout=timeout,
-    )
 
 
 @pytest.fixture
@@ -63,16 +40,6 @@ def write(tmp_path: Path):
 @pytest.fixture
 def parti_prompts() -> Path:
     return BUNDLED_PARTI
-
-
-def sandbox_config(**overrides: Any) -> SandboxConfig:
-    """The tests' usual sandbox: it accepts FAKE_KEY and answers after 50 ms; overrides change any field."""
-    return SandboxConfig(**{"keys": (FAKE_KEY,), "latency_s": 0.05, **overrides})
-
-
-def sandbox_with(**overrides: Any) -> Sandbox:
-    """A running sandbox of sandbox_config(**overrides); use it as a context manager."""
-    return Sandbox(sandbox_config(**overrides))
 
 
 @pytest.fixture

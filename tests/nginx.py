@@ -24,17 +24,12 @@ from collections import Counter
 from pathlib import Path
 
 from batch_runner.sandbox import V1_PATH
+from tests.helpers import free_port
 
 
 def nginx_binary() -> str | None:
     """nginx's path, or None. Debian puts it in /usr/sbin, which a user's PATH may lack."""
     return shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/sbin")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Nginx:

@@ -21,7 +21,7 @@ import math
 import random
 from dataclasses import dataclass, field
 
-from batch_runner.pacing import Pacer, Ticket
+from batch_runner.engine.pacing import Pacer, Ticket
 
 
 class FakeClock:

@@ -10,8 +10,8 @@ import time
 import pytest
 from PIL import Image
 
-from batch_runner.client import Client, UnusableImage, Watchdog, check_image
-from batch_runner.journal import Journal, replay
+from batch_runner.api.client import Client, UnusableImage, Watchdog, check_image
+from batch_runner.store.journal import Journal, replay
 
 
 def test_concurrent_writers_share_fsyncs_and_every_line_is_there(tmp_path):

@@ -30,9 +30,8 @@ from pathlib import Path
 import pytest
 
 from batch_runner.sandbox import Sandbox, SandboxConfig
-from tests.conftest import REPO
+from tests.helpers import REPO, manifest_frame
 from tests.hostile import Answer, HostileServer, Seen
-from tests.runner_helpers import manifest_frame
 
 README = REPO / "README.md"
 CRON_MARK = "<!-- tests/test_cron.py runs this line"

@@ -13,8 +13,7 @@ import pandas as pd
 import pytest
 
 import batch_runner
-from tests.conftest import run_cli, sandbox_with
-from tests.runner_helpers import run
+from tests.helpers import run, run_cli, sandbox_with
 
 PALETTE_JOB = """name: palettes
 defaults:

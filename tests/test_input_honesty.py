@@ -15,8 +15,8 @@ import sys
 import pytest
 
 from batch_runner import settings
-from batch_runner.items import OUTPUT_COLUMNS
-from tests.conftest import REPO, run_cli
+from batch_runner.job.items import OUTPUT_COLUMNS
+from tests.helpers import REPO, run_cli
 
 FAST = 30  # seconds: every rejection here takes well under one
 
@@ -201,7 +201,7 @@ def test_pipes_split_cells_and_backslashes_are_kept(write, tmp_path):
 
 
 def test_output_columns_match_what_results_writes():
-    from batch_runner import results
+    from batch_runner.store import fold as results
 
     assert set(OUTPUT_COLUMNS) == {"item_id", *results.STATE_COLUMNS, "file_name", "text"}
     assert "seed_value" in OUTPUT_COLUMNS
@@ -210,7 +210,7 @@ def test_output_columns_match_what_results_writes():
 def test_plan_stays_light_with_the_reserved_names():
     # The reserved names live in items.py so that `plan` never loads pandas or pyarrow.
     code = (
-        "import sys; from batch_runner.cli import main; main(['plan', 'jobs/quickstart.yaml', '--json']); "
+        "import sys; from batch_runner.cli.main import main; main(['plan', 'jobs/quickstart.yaml', '--json']); "
         "print(sorted(m for m in ('pandas', 'pyarrow') if m in sys.modules), file=sys.stderr)"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=FAST)

@@ -12,10 +12,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from batch_runner import ledger as ledger_module
-from batch_runner.journal import Journal, replay
-from batch_runner.output_dir import OutputDir
-from tests.runner_helpers import FAKE_KEY, REPO, env_with_key, manifest, manifest_frame, run, run_args
+from batch_runner.store import ledger as ledger_module
+from batch_runner.store.journal import Journal, replay
+from batch_runner.store.output_dir import OutputDir
+from tests.helpers import FAKE_KEY, REPO, env_with_key, manifest, manifest_frame, run, run_args
 
 IDS = ["a", "b", "0123456789abcdef", "fedcba9876543210", "é"]
 
@@ -152,7 +152,7 @@ def test_a_crash_between_the_checkpoints_write_and_rename_loses_nothing(tmp_path
         journal.done(f"{i:016x}", "succeeded", n=1, cost=0.063)
     journal.close()
     code = (
-        "import sys; from batch_runner import ledger; from batch_runner.output_dir import OutputDir\n"
+        "import sys; from batch_runner.store import ledger; from batch_runner.store.output_dir import OutputDir\n"
         "ledger.load(OutputDir(sys.argv[1]), checkpoint_past=0)\n"
     )
     env = {**os.environ, "BATCH_RUNNER_CRASH_AT": "ledger-before-rename"}
@@ -171,7 +171,7 @@ def test_kill_9_at_random_points_during_runs_checkpoints_and_folds_loses_nothing
     import time
 
     from batch_runner.sandbox import Sandbox, SandboxConfig
-    from tests.runner_helpers import start
+    from tests.helpers import start
 
     rng = random.Random(7)
     with Sandbox(SandboxConfig(keys=(FAKE_KEY,), latency_s=0.02)) as sb:

@@ -7,11 +7,11 @@ import json
 
 import pytest
 
-from batch_runner import api_spec
+from batch_runner.api import spec as api_spec
 from batch_runner.errors import ManifestError
-from batch_runner.items import Deduplicated, item_id_for
-from batch_runner.manifest import load_job
-from tests.conftest import run_cli
+from batch_runner.job.items import Deduplicated, item_id_for
+from batch_runner.job.manifest import load_job
+from tests.helpers import run_cli
 
 
 def items_of(path):

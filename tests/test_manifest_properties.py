@@ -10,11 +10,11 @@ import yaml
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from batch_runner import api_spec
+from batch_runner.api import spec as api_spec
 from batch_runner.errors import ManifestError
-from batch_runner.items import Deduplicated
-from batch_runner.manifest import load_job
-from tests.conftest import run_cli
+from batch_runner.job.items import Deduplicated
+from batch_runner.job.manifest import load_job
+from tests.helpers import run_cli
 
 # Characters YAML treats specially inside a scalar: line breaks (YAML 1.1, which PyYAML reads,
 # counts NEL U+0085, LS U+2028 and PS U+2029 as breaks, and folds or normalises them), the BOM,

@@ -9,9 +9,19 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_cli, sandbox_with
-from tests.hostile import Answer, HostileServer, free_port
-from tests.runner_helpers import FAKE_KEY, done_lines, manifest, manifest_frame, run, start, wait_for
+from tests.helpers import (
+    FAKE_KEY,
+    done_lines,
+    free_port,
+    manifest,
+    manifest_frame,
+    run,
+    run_cli,
+    sandbox_with,
+    start,
+    wait_for,
+)
+from tests.hostile import Answer, HostileServer
 
 PRICE = 0.063
 

@@ -15,8 +15,8 @@ from itertools import pairwise
 
 import pytest
 
-from batch_runner.pacing import Pacer, Ticket
-from batch_runner.policies import GiveUp, Stopping
+from batch_runner.engine.pacing import Pacer, Ticket
+from batch_runner.engine.policies import GiveUp, Stopping
 from tests.pacing_sim import FakeClock, FixedWindow, LeakyBucket, RollingWindow, simulate
 
 

@@ -11,7 +11,7 @@ import json
 import pytest
 
 from batch_runner.sandbox import V1_PATH, Sandbox, SandboxConfig
-from tests.runner_helpers import FAKE_KEY, manifest, manifest_frame, run
+from tests.helpers import FAKE_KEY, manifest, manifest_frame, run
 
 
 def limited(rpm: float, window_s: float, limiter: str = "rolling", **kwargs) -> Sandbox:

@@ -13,8 +13,8 @@ import os
 import pytest
 
 from batch_runner.sandbox import V1_PATH, Sandbox, SandboxConfig
+from tests.helpers import FAKE_KEY, manifest, manifest_frame, run
 from tests.nginx import Nginx, nginx_binary
-from tests.runner_helpers import FAKE_KEY, manifest, manifest_frame, run
 
 ITEMS = 150
 

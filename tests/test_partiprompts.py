@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import json
 
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 
 
 def test_partiprompts_crossed_with_seeds_and_styles(write, tmp_path, parti_prompts):

@@ -10,11 +10,11 @@ from email.utils import format_datetime
 
 import pytest
 
-from batch_runner.client import RateLimited, TransientError, Unreachable, UnusableImage, retry_at_from
-from batch_runner.journal import Journal, replay
-from batch_runner.policies import Budget, BudgetExhausted, retrying
+from batch_runner.api.client import RateLimited, TransientError, Unreachable, UnusableImage, retry_at_from
+from batch_runner.engine.policies import Budget, BudgetExhausted, retrying
 from batch_runner.sandbox import Sandbox, SandboxConfig
-from tests.runner_helpers import FAKE_KEY, manifest, manifest_frame, run
+from batch_runner.store.journal import Journal, replay
+from tests.helpers import FAKE_KEY, manifest, manifest_frame, run
 
 
 def test_retry_after_in_seconds_http_date_iso_and_epoch():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from tests.conftest import REPO, run_cli
+from tests.helpers import REPO, run_cli
 
 README = (REPO / "README.md").read_text(encoding="utf-8")
 

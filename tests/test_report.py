@@ -18,10 +18,9 @@ import pytest
 from PIL import Image
 
 import batch_runner
-from batch_runner.report import _FAILED_BG, CELL, LABEL_W, PAD
+from batch_runner.results.report import _FAILED_BG, CELL, LABEL_W, PAD
 from batch_runner.sandbox import Sandbox
-from tests.conftest import run_cli, sandbox_config
-from tests.runner_helpers import run
+from tests.helpers import run, run_cli, sandbox_config
 
 FAILING = "[sandbox:fail=400] a prompt the server rejects"
 

@@ -11,17 +11,18 @@ import time
 
 import pytest
 
-from batch_runner.items import item_id_for
-from batch_runner.journal import replay
+from batch_runner.job.items import item_id_for
 from batch_runner.sandbox import V1_PATH, Sandbox
-from tests.conftest import run_cli, sandbox_with
-from tests.runner_helpers import (
+from batch_runner.store.journal import replay
+from tests.helpers import (
     FAKE_KEY,
     assert_images_valid,
     done_lines,
     manifest,
     manifest_frame,
     run,
+    run_cli,
+    sandbox_with,
     start,
     wait_for,
 )

@@ -16,9 +16,9 @@ import pytest
 import requests
 from PIL import Image
 
-from batch_runner.items import item_id_for
+from batch_runner.job.items import item_id_for
 from batch_runner.sandbox import Sandbox, SandboxConfig
-from tests.conftest import FAKE_KEY, REPO
+from tests.helpers import FAKE_KEY, REPO
 
 KEY = FAKE_KEY  # the key the `sandbox` fixture (conftest.py) accepts
 

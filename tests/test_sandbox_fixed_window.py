@@ -14,9 +14,9 @@ from datetime import datetime, timezone
 import pytest
 import requests
 
-from batch_runner.client import retry_at_from
+from batch_runner.api.client import retry_at_from
+from batch_runner.cli.sandbox import config_from, register
 from batch_runner.sandbox import Sandbox, SandboxConfig
-from batch_runner.sandbox_command import config_from, register
 
 KEY = "test-key-not-real"
 WINDOW_S = 2.0

@@ -15,19 +15,22 @@ from pathlib import Path
 import pytest
 
 from batch_runner.sandbox import V1_PATH, Sandbox, SandboxConfig
-from tests.conftest import REPO, run_cli, sandbox_with
-from tests.hostile import Answer, HostileServer, free_port
-from tests.runner_helpers import (
+from tests.helpers import (
     FAKE_KEY,
+    REPO,
     done_lines,
     env_with_key,
+    free_port,
     manifest,
     manifest_frame,
     run,
     run_args,
+    run_cli,
+    sandbox_with,
     start,
     wait_for,
 )
+from tests.hostile import Answer, HostileServer
 
 PRICE = 0.063
 
@@ -223,7 +226,7 @@ def test_an_unexpected_error_in_a_worker_stops_the_run_with_70_and_leaves_items_
         job, out = manifest(tmp_path, [f"bug {i}" for i in range(8)]), tmp_path / "out"
         # The real CLI, with one fault planted: embedding the recipe fails on the third image.
         planted = (
-            "import sys, batch_runner.recipe as r\n"
+            "import sys, batch_runner.store.recipe as r\n"
             "calls = []\n"
             "real = r.embed\n"
             "def embed(*a, **k):\n"
@@ -232,7 +235,7 @@ def test_an_unexpected_error_in_a_worker_stops_the_run_with_70_and_leaves_items_
             "        raise RuntimeError('planted bug')\n"
             "    return real(*a, **k)\n"
             "r.embed = embed\n"
-            "from batch_runner.cli import main\n"
+            "from batch_runner.cli.main import main\n"
             "sys.exit(main(sys.argv[1:]))\n"
         )
         args = run_args(job, out, sb, "--concurrency", "1")[3:]

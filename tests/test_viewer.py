@@ -16,10 +16,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from batch_runner.results.viewer import match_runs
 from batch_runner.sandbox import Sandbox
-from batch_runner.viewer import match_runs
-from tests.conftest import REPO, run_cli, sandbox_config
-from tests.runner_helpers import run
+from tests.helpers import REPO, run, run_cli, sandbox_config
 from tests.test_report import _chrome
 
 FAILING = "[sandbox:fail=400] a prompt the server rejects"

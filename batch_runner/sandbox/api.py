@@ -29,9 +29,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from .. import api_spec
-from ..items import item_id_for
-from . import images
+from batch_runner.api import spec as api_spec
+from batch_runner.job.items import item_id_for
+from batch_runner.sandbox import images
 
 V1_PATH = "/v1/ideogram-turbo-txt-2-img"
 V2_PATH = "/v2/ideogram-turbo-txt-2-img"

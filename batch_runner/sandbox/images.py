@@ -12,7 +12,7 @@ from typing import Any
 
 from PIL import Image, ImageDraw
 
-from ..fonts import font
+from batch_runner.fonts import font
 
 _STYLE_HUES = {"GENERAL": 0.58, "REALISTIC": 0.08, "DESIGN": 0.83, "RENDER_3D": 0.45, "ANIME": 0.95}
 

@@ -14,7 +14,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from .api import V1_PATH, Reply, SandboxApi, SandboxConfig
+from batch_runner.sandbox.api import V1_PATH, Reply, SandboxApi, SandboxConfig
 
 
 class _Handler(BaseHTTPRequestHandler):

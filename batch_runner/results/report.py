@@ -24,11 +24,11 @@ from typing import Any
 import pandas as pd
 from PIL import Image, ImageDraw
 
-from . import api_spec
-from .errors import UsageError
-from .fonts import font
-from .output_dir import write_atomic
-from .summaries import RunResults
+from batch_runner.api import spec as api_spec
+from batch_runner.errors import UsageError
+from batch_runner.fonts import font
+from batch_runner.results.summaries import RunResults
+from batch_runner.store.output_dir import write_atomic
 
 CELL = 200
 LABEL_W = 280

@@ -84,7 +84,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .policies import GiveUp, Stopping
+from batch_runner.engine.policies import GiveUp, Stopping
 
 SNAPSHOT_VERSION = 1
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import api_spec
-from .output_dir import OutputDir
-from .results import STATE_COLUMNS, current_frame
+from batch_runner.api import spec as api_spec
+from batch_runner.store.fold import STATE_COLUMNS, current_frame
+from batch_runner.store.output_dir import OutputDir
 
 _STATUSES = ("succeeded", "failed", "pending", "sent")
 

@@ -23,10 +23,11 @@ from typing import Any
 
 import yaml
 
-from . import api_spec, humanize
-from .errors import ManifestError, Problem
-from .items import OUTPUT_COLUMNS, Item, make_item
-from .settings import LIMITS, RunSettings, check_url, parse_setting
+from batch_runner import humanize
+from batch_runner.api import spec as api_spec
+from batch_runner.errors import ManifestError, Problem
+from batch_runner.job.items import OUTPUT_COLUMNS, Item, make_item
+from batch_runner.settings import LIMITS, RunSettings, check_url, parse_setting
 
 TOP_LEVEL_KEYS = ("name", "description", "defaults", "grid", "zip", "vars", *LIMITS, "ping_url")
 # One job may expand to at most this many items (before duplicates are dropped). Counted before

@@ -1,19 +1,61 @@
-"""Drive the real `batch-runner run` in a subprocess against a sandbox in this process."""
+"""Helpers the tests share: the real CLI in a subprocess, sandboxes, manifests, and checks on an output.
+
+Fixtures live in conftest.py; everything a test imports by name lives here, so `from tests.helpers
+import ...` works under plain `pytest` from any folder (tests/ is a package).
+"""
 
 from __future__ import annotations
 
 import io
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 from PIL import Image
 
-from tests.conftest import FAKE_KEY, REPO  # FAKE_KEY lives in conftest (its sandbox fixture); tests import it here too
+from batch_runner.sandbox import Sandbox, SandboxConfig
+
+REPO = Path(__file__).resolve().parent.parent
+BUNDLED_PARTI = REPO / "jobs" / "data" / "PartiPrompts.tsv"
+FAKE_KEY = "fake-test-key-0000-not-a-real-key"
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 120):
+    """The real command in a subprocess: exit code, stdout and stderr as a user sees them."""
+    return subprocess.run(
+        [sys.executable, "-m", "batch_runner", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd or REPO,
+        env=env,
+        timeout=timeout,
+    )
+
+
+def sandbox_config(**overrides: Any) -> SandboxConfig:
+    """The tests' usual sandbox: it accepts FAKE_KEY and answers after 50 ms; overrides change any field."""
+    return SandboxConfig(**{"keys": (FAKE_KEY,), "latency_s": 0.05, **overrides})
+
+
+def sandbox_with(**overrides: Any) -> Sandbox:
+    """A running sandbox of sandbox_config(**overrides); use it as a context manager."""
+    return Sandbox(sandbox_config(**overrides))
+
+
+def free_port() -> int:
+    """A port nothing listens on right now (the kernel's pick, released at once)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# Driving `batch-runner run` in a subprocess against a sandbox in this process.
 
 
 def env_with_key(key: str = FAKE_KEY) -> dict[str, str]:

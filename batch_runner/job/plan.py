@@ -9,11 +9,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from . import api_spec
-from .errors import UsageError
-from .items import Deduplicated, Item
-from .manifest import Job
-from .settings import Settings
+from batch_runner.api import spec as api_spec
+from batch_runner.errors import UsageError
+from batch_runner.job.items import Deduplicated, Item
+from batch_runner.job.manifest import Job
+from batch_runner.settings import Settings
 
 
 @dataclass

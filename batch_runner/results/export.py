@@ -27,9 +27,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import __version__, api_spec
-from .output_dir import fsync_dir, write_atomic
-from .summaries import RunResults, meta_columns
+from batch_runner import __version__
+from batch_runner.api import spec as api_spec
+from batch_runner.results.summaries import RunResults, meta_columns
+from batch_runner.store.output_dir import fsync_dir, write_atomic
 
 _PALETTE = pa.struct(
     [

@@ -19,13 +19,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from . import api_spec
-from .items import Item
-from .journal import ItemState, Replay
-from .ledger import SCHEMA as LEDGER_SCHEMA
-from .ledger import Ledger
-from .ledger import load as load_ledger
-from .output_dir import OutputDir, fsync_dir
+from batch_runner.api import spec as api_spec
+from batch_runner.job.items import Item
+from batch_runner.store.journal import ItemState, Replay
+from batch_runner.store.ledger import SCHEMA as LEDGER_SCHEMA
+from batch_runner.store.ledger import Ledger
+from batch_runner.store.ledger import load as load_ledger
+from batch_runner.store.output_dir import OutputDir, fsync_dir
 
 # The manifest's state columns are the ledger's, in its order: times become timestamps (the
 # ledger keeps epoch seconds), its internals stay out, and in_plan is the manifest's own.

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .errors import UsageError
-from .sandbox import Sandbox, SandboxConfig
-from .sandbox.api import FAULT_KINDS
+from batch_runner.errors import UsageError
+from batch_runner.sandbox import Sandbox, SandboxConfig
+from batch_runner.sandbox.api import FAULT_KINDS
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .journal import GroupSync
+from batch_runner.store.journal import GroupSync
 
 IMAGES = "images"
 JOURNAL = "journal.jsonl"

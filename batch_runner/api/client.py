@@ -27,7 +27,7 @@ import requests
 import urllib3
 from PIL import Image
 
-from . import api_spec
+from batch_runner.api import spec as api_spec
 
 _CHUNK = 64 * 1024
 # The largest answer read in full. The biggest image the API makes is 1536x640; even as a

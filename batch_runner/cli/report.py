@@ -6,11 +6,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from .errors import UsageError
+from batch_runner.errors import UsageError
 
 
 def _results(path: str):
-    from .summaries import load
+    from batch_runner.results.summaries import load
 
     try:
         return load(path)
@@ -39,8 +39,8 @@ def register_report(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .report import choose_layout, contact_sheets, make_thumbs, write_csv
-    from .viewer import html_report
+    from batch_runner.results.report import choose_layout, contact_sheets, make_thumbs, write_csv
+    from batch_runner.results.viewer import html_report
 
     results = _results(args.output)
     other = _results(args.compare) if args.compare else None
@@ -66,7 +66,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def register_export(sub: argparse._SubParsersAction) -> None:
-    from .cli import _positive_int
+    from batch_runner.cli.main import _positive_int
 
     p = sub.add_parser("export", help="write succeeded items as a dataset (imagefolder or WebDataset)")
     p.add_argument("output", help="a results folder written by `batch-runner run`")
@@ -77,7 +77,7 @@ def register_export(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .export import to_imagefolder, to_webdataset
+    from batch_runner.results.export import to_imagefolder, to_webdataset
 
     results = _results(args.output)
     to = Path(args.to)
@@ -96,7 +96,7 @@ def register_recipe(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_recipe(args: argparse.Namespace) -> int:
-    from . import recipe
+    from batch_runner.store import recipe
 
     path = Path(args.image)
     try:

@@ -11,11 +11,12 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from . import __version__, exit_codes, humanize
-from .errors import ManifestError, UsageError
-from .manifest import Job, clash_reason, load_job
-from .plan import ItemsWriter, Plan, build_plan
-from .settings import RunSettings, Settings, check_url, parse_setting, resolve
+from batch_runner import __version__, humanize
+from batch_runner.cli import exit_codes
+from batch_runner.errors import ManifestError, UsageError
+from batch_runner.job.manifest import Job, clash_reason, load_job
+from batch_runner.job.plan import ItemsWriter, Plan, build_plan
+from batch_runner.settings import RunSettings, Settings, check_url, parse_setting, resolve
 
 
 def _positive_int(text: str) -> int:
@@ -172,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_settings(plan)
     plan.set_defaults(handler=cmd_plan)
 
-    from .commands import REGISTER  # the other commands import their heavy modules lazily
+    from batch_runner.cli.commands import REGISTER  # the other commands import their heavy modules lazily
 
     for register in REGISTER:
         register(sub)

@@ -5,7 +5,7 @@ pages; a cell with several items shows them all), a lightbox with the full image
 recipe (←/→, Esc), filters (a blank value is a value), paging that reaches every item, failed
 and pending items marked, winner picks kept in localStorage and downloaded as CSV or JSON,
 and `--compare OTHER`: a second run's items matched to this run's, side by side. The page's
-markup and script are batch_runner/templates/viewer.html and viewer.js.
+markup and script are batch_runner/results/templates/viewer.html and viewer.js.
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ from typing import Any
 
 import pandas as pd
 
-from . import api_spec
-from .output_dir import write_atomic
-from .report import Layout, make_thumbs, palette_label, palette_members
-from .summaries import RunResults, meta_columns
+from batch_runner.api import spec as api_spec
+from batch_runner.results.report import Layout, make_thumbs, palette_label, palette_members
+from batch_runner.results.summaries import RunResults, meta_columns
+from batch_runner.store.output_dir import write_atomic
 
 RUN, PAIR = "run", "pair"
 STATE = ["status", "attempts", "http_status", "error", "latency_s", "cost_usd", "seed_value", "image_path"]
@@ -189,7 +189,7 @@ def _table_html(frame: pd.DataFrame, caption: str) -> str:
 
 
 def _template(name: str) -> str:
-    return resources.files("batch_runner").joinpath("templates", name).read_text(encoding="utf-8")
+    return resources.files("batch_runner.results").joinpath("templates", name).read_text(encoding="utf-8")
 
 
 def _stats(results: RunResults) -> dict[str, Any]:

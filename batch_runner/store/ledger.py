@@ -31,8 +31,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 
-from .journal import ItemState, apply_event, latest_price
-from .output_dir import OutputDir, fsync_dir
+from batch_runner.store.journal import ItemState, apply_event, latest_price
+from batch_runner.store.output_dir import OutputDir, fsync_dir
 
 VERSION = 1
 _META_KEY = b"batch_runner.ledger"

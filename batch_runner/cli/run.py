@@ -11,19 +11,20 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import exit_codes, humanize
-from .errors import ManifestError, UsageError
-from .output_dir import AlreadyRunning, OutputDir
+from batch_runner import humanize
+from batch_runner.cli import exit_codes
+from batch_runner.errors import ManifestError, UsageError
+from batch_runner.store.output_dir import AlreadyRunning, OutputDir
 
 if TYPE_CHECKING:
-    from .manifest import Job
-    from .settings import Settings
+    from batch_runner.job.manifest import Job
+    from batch_runner.settings import Settings
 
 API_KEY_ENV = "SEGMIND_API_KEY"
 
 
 def register_run(sub: argparse._SubParsersAction) -> None:
-    from .cli import _non_negative, _positive, _positive_int, add_run_settings
+    from batch_runner.cli.main import _non_negative, _positive, _positive_int, add_run_settings
 
     p = sub.add_parser(
         "run",
@@ -95,8 +96,8 @@ def _read_key(args: argparse.Namespace) -> str:
 def cmd_run(args: argparse.Namespace) -> int:
     """Run a job. Under --progress quiet a successful run prints nothing at all, and a failed
     or stopped one prints everything it held back to stderr: cron mails only bad news."""
-    from .cli import load
-    from .ping import Pinger
+    from batch_runner.cli.main import load
+    from batch_runner.cli.ping import Pinger
 
     quiet = args.progress == "quiet"
     held: list[str] = []
@@ -140,14 +141,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, job: Job, settings: Settings, log: Callable[[str], None]) -> tuple[int, str]:
-    from . import api_spec
-    from .runner import Runner, RunOptions
+    from batch_runner.api import spec as api_spec
+    from batch_runner.engine.runner import Runner, RunOptions
 
     sandbox = None
     if args.sandbox:
         if args.endpoint:
             raise UsageError("--sandbox and --endpoint cannot be used together")
-        from .sandbox import Sandbox, SandboxConfig
+        from batch_runner.sandbox import Sandbox, SandboxConfig
 
         # A balance no example job exhausts: the sandbox is for trying a job, not for budgeting.
         sandbox = Sandbox(SandboxConfig(latency_s=1.0, jitter_s=0.3, credits=10_000.0))
@@ -212,7 +213,7 @@ def _resume_command(args: argparse.Namespace, output: Path) -> str:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from .results import summarize
+    from batch_runner.store.fold import summarize
 
     out = OutputDir(Path(args.output))
     if not out.exists():

@@ -24,7 +24,7 @@ from tenacity import (
 from tenacity.stop import stop_base
 from tenacity.wait import wait_base
 
-from .client import RateLimited, TransientError, Unreachable, UnusableImage
+from batch_runner.api.client import RateLimited, TransientError, Unreachable, UnusableImage
 
 
 class Stopping(Exception):

@@ -25,8 +25,9 @@ from typing import Any
 
 import numpy as np
 
-from . import api_spec, exit_codes, humanize, recipe
-from .client import (
+from batch_runner import humanize
+from batch_runner.api import spec as api_spec
+from batch_runner.api.client import (
     ApiError,
     Client,
     FatalApiError,
@@ -38,18 +39,20 @@ from .client import (
     Unreachable,
     check_image,
 )
-from .errors import UsageError
-from .items import Deduplicated, Item
-from .journal import Journal
-from .ledger import STATUS, Ledger
-from .ledger import load as load_ledger
-from .manifest import Job
-from .output_dir import OutputDir, write_atomic
-from .pacing import Pacer
-from .policies import Budget, BudgetExhausted, GiveUp, Stopping, retrying
-from .progress import Progress
-from .results import manifest_is_current, manifest_stamp, write_manifest
-from .settings import Settings
+from batch_runner.cli import exit_codes
+from batch_runner.engine.pacing import Pacer
+from batch_runner.engine.policies import Budget, BudgetExhausted, GiveUp, Stopping, retrying
+from batch_runner.engine.progress import Progress
+from batch_runner.errors import UsageError
+from batch_runner.job.items import Deduplicated, Item
+from batch_runner.job.manifest import Job
+from batch_runner.settings import Settings
+from batch_runner.store import recipe
+from batch_runner.store.fold import manifest_is_current, manifest_stamp, write_manifest
+from batch_runner.store.journal import Journal
+from batch_runner.store.ledger import STATUS, Ledger
+from batch_runner.store.ledger import load as load_ledger
+from batch_runner.store.output_dir import OutputDir, write_atomic
 
 
 @dataclass
@@ -156,7 +159,7 @@ class Runner:
 
         import requests
 
-        from . import __version__
+        from batch_runner import __version__
 
         record = {
             "job": self.job.name,

@@ -10,7 +10,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from . import humanize
+from batch_runner import humanize
 
 
 class Progress:
