@@ -1,9 +1,11 @@
 """Plan 10^4, 10^5 and 10^6 items; print wall time and peak memory for each.
 
 Each size runs `batch-runner plan --json` in its own process, so the peak RSS is that plan's
-alone (read with wait4). Target on a 2-core machine: 10^6 items in < 15 s and < 1 GB.
+alone (read with wait4). Target on a 2-core machine: 10^6 items in < 15 s and < 1 GB. A YAML
+grid (PartiPrompts × styles × seeds) reads one value file; a CSV manifest of one row per item
+puts the strict CSV reader and the per-row checks to work (--csv-sizes).
 
-    python benchmarks/bench_plan.py [--sizes 10000,100000,1000000]
+    python benchmarks/bench_plan.py [--sizes 10000,100000,1000000] [--csv-sizes 100000]
 """
 
 from __future__ import annotations
@@ -38,6 +40,17 @@ def manifest_for(size: int, folder: Path) -> Path:
     return path
 
 
+def csv_manifest_for(size: int, folder: Path) -> Path:
+    """One row per item: a quoted prompt with a comma, a style, a seed, two metadata columns."""
+    styles = ("GENERAL", "REALISTIC", "DESIGN", "RENDER_3D", "ANIME")
+    path = folder / f"bench-{size}.csv"
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        f.write("prompt,style_type,seed,Category,note\n")
+        for i in range(size):
+            f.write(f'"prompt number {i}, with a comma",{styles[i % 5]},{100 + i % 900_000},cat{i % 7},n{i}\n')
+    return path
+
+
 def measure(path: Path) -> tuple[int, float, float]:
     start = time.perf_counter()
     proc = subprocess.Popen(
@@ -56,12 +69,15 @@ def measure(path: Path) -> tuple[int, float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", default="10000,100000,1000000")
-    sizes = [int(s) for s in parser.parse_args().sizes.split(",")]
-    print(f"{'target':>10} {'items':>10} {'seconds':>8} {'items/s':>10} {'peak MB':>8}")
+    parser.add_argument("--csv-sizes", default="100000")
+    args = parser.parse_args()
+    runs = [(int(s), "yaml", manifest_for) for s in args.sizes.split(",") if s]
+    runs += [(int(s), "csv", csv_manifest_for) for s in args.csv_sizes.split(",") if s]
+    print(f"{'manifest':>8} {'target':>10} {'items':>10} {'seconds':>8} {'items/s':>10} {'peak MB':>8}")
     with tempfile.TemporaryDirectory() as tmp:
-        for size in sizes:
-            items, seconds, peak_mb = measure(manifest_for(size, Path(tmp)))
-            print(f"{size:>10,} {items:>10,} {seconds:>8.2f} {items / seconds:>10,.0f} {peak_mb:>8.0f}")
+        for size, kind, make in runs:
+            items, seconds, peak_mb = measure(make(size, Path(tmp)))
+            print(f"{kind:>8} {size:>10,} {items:>10,} {seconds:>8.2f} {items / seconds:>10,.0f} {peak_mb:>8.0f}")
 
 
 if __name__ == "__main__":

@@ -109,9 +109,10 @@ def test_settings_at_the_limits_are_accepted_and_numbers_written_as_text_are_rea
 
 
 def test_the_limits_are_one_table():
-    # Every numeric setting has its limits in the table; the one text setting has its own check.
-    assert set(settings.LIMITS) | {"ping_url"} == {f for f in settings.RunSettings.__dataclass_fields__}
+    # Every numeric setting has its limits in the table; the two text settings have their own checks.
+    assert set(settings.LIMITS) | {"ping_url", "api"} == {f for f in settings.RunSettings.__dataclass_fields__}
     assert settings.check_url("ping_url", "ftp://x") and not settings.check_url("ping_url", "https://hc-ping.com/x")
+    assert settings.check_api("api", "v3") and not settings.check_api("api", "async")
     for name in settings.LIMITS:
         for bad in (float("nan"), float("inf"), -1, 10**12, True, "x"):
             assert settings.check_setting(name, bad), (name, bad)

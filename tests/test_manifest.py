@@ -219,6 +219,24 @@ concurency: 4
     assert len(problems) >= 8
 
 
+def test_a_seed_range_reads_the_same_in_yaml_and_in_a_csv_cell(write):
+    # One reader for both: a range that runs backwards says so first, even when an end is also
+    # out of range (turning it round is the first fix either way).
+    ranges = ["100-99", "300-200", "5-150", "150-152"]
+    yaml_path = write("r.yaml", "grid:\n  prompt: [a]\n  seed: [" + ", ".join(ranges) + "]\n")
+    csv_path = write("r.csv", "prompt,seed\n" + "".join(f"p{i},{r}\n" for i, r in enumerate(ranges)))
+    expected = [
+        "seed range '100-99' runs backwards; write 99-100",
+        "seed range '300-200' runs backwards; write 200-300",
+        "seed 5 is out of range; use an integer from 100 to 999999",
+    ]
+    assert [p.split(": ", 1)[1] for p in problems_of(yaml_path)] == expected
+    shown = [p[p.index("r.csv:") :] for p in problems_of(csv_path)]
+    assert shown == [f"r.csv:{line}: {message}" for line, message in zip((2, 3, 4), expected, strict=True)]
+    good = write("g.csv", "prompt,seed\na,150-152|100\n")
+    assert [item.params["seed"] for item in items_of(good)] == [150, 151, 152, 100]
+
+
 @pytest.mark.parametrize(
     "palette, fragment",
     [

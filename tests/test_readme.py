@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 
+import pytest
+
+from tests import readme_help
 from tests.helpers import REPO, run_cli
 
 README = (REPO / "README.md").read_text(encoding="utf-8")
@@ -40,3 +46,60 @@ def test_paths_named_in_the_readme_are_inside_the_repository_and_exist():
     assert "jobs/mistakes/bad.yaml" in named and "docs/segmind-ideogram-turbo-api.md" in named
     missing = sorted(path for path in named if not (REPO / path).exists())
     assert missing == []
+
+
+def test_the_help_the_readme_shows_is_what_the_cli_prints():
+    shown = readme_help.blocks(README)
+    commands = [block.command for block in shown]
+    assert set(readme_help.REQUIRED) <= set(commands), (
+        f"README.md shows --help for {commands}; it must show {readme_help.REQUIRED}: "
+        "add the markers, then run python -m tests.readme_help"
+    )
+    made_by = {block.python for block in shown}
+    if made_by != {readme_help.this_python()}:
+        pytest.skip(f"the README's help was made under Python {made_by}; argparse words it differently elsewhere")
+    for block in shown:
+        # Compared block by block, so a failure names the command; the fix is the script.
+        assert block.text == readme_help.render(block.command), f"run: python -m tests.readme_help ({block.command})"
+
+
+def test_the_help_script_rewrites_stale_blocks_and_its_check_fails_until_then(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(
+        "# Title\n\ntext before\n\n<!-- help: plan -->\n```\n$ batch-runner plan --help\nold text\n```\n"
+        "<!-- /help -->\n\ntext after\n",
+        encoding="utf-8",
+    )
+
+    def script(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "tests.readme_help", *args, "--readme", str(readme)],
+            capture_output=True, text=True, cwd=REPO, timeout=120,
+        )  # fmt: skip
+
+    before = script("--check")
+    assert before.returncode == 1
+    assert "the help of 'plan' is out of date" in before.stdout and "no help block for 'run'" in before.stdout
+    assert "old text" in readme.read_text(encoding="utf-8")  # --check changes nothing
+
+    made = script()
+    text = readme.read_text(encoding="utf-8")
+    assert (
+        "old text" not in text and text.startswith("# Title\n\ntext before\n\n") and text.endswith("\n\ntext after\n")
+    )
+    [block] = readme_help.blocks(text)
+    assert block.command == "plan" and block.python == readme_help.this_python()
+    assert (
+        block.body == "```\n$ batch-runner plan --help\n" + run_cli("plan", "--help", env=_at_width()).stdout + "```\n"
+    )
+    assert "usage: batch-runner plan" in block.body and "--items FILE" in block.body
+    assert made.returncode == 1 and "no help block for 'run'" in made.stdout  # run is required too
+
+    readme.write_text(text + "\n<!-- help: run -->\n<!-- /help -->\n", encoding="utf-8")
+    assert script().returncode == 0
+    assert script("--check").returncode == 0
+    assert [b.command for b in readme_help.blocks(readme.read_text(encoding="utf-8"))] == ["plan", "run"]
+
+
+def _at_width() -> dict[str, str]:
+    return {**os.environ, "COLUMNS": str(readme_help.WIDTH), "LINES": "50", "NO_COLOR": "1", "PYTHON_COLORS": "0"}

@@ -6,6 +6,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -20,7 +21,7 @@ from PIL import Image
 import batch_runner
 from batch_runner.results.report import _FAILED_BG, CELL, LABEL_W, PAD
 from batch_runner.sandbox import Sandbox
-from tests.helpers import run, run_cli, sandbox_config
+from tests.helpers import REPO, run, run_cli, sandbox_config
 
 FAILING = "[sandbox:fail=400] a prompt the server rejects"
 
@@ -292,3 +293,69 @@ def test_recipe_of_an_image_without_one_is_a_clear_error(tmp_path):
 def test_report_on_a_folder_without_a_run_is_a_usage_error(tmp_path):
     result = run_cli("report", str(tmp_path))
     assert result.returncode == 2 and "no run found" in result.stderr
+
+
+# ----------------------------------------------------------------- every file lands whole and durable
+
+# A call's opening line (threads interleave: strace may finish it on a later "resumed" line).
+_FSYNC = re.compile(r"\bf(?:data)?sync\(\d+<([^>]*)>")
+_RENAME = re.compile(r'\brename(?:at2?)?\((?:[^,"]*, )?"([^"]+)", (?:[^,"]*, )?"([^"]+)"')
+
+
+def syscalls_of(tmp_path: Path, *args: str) -> list[tuple[str, ...]]:
+    """The real command under strace: ("fsync", path) and ("rename", from, to), in the order made,
+    across every process it starts (thumbnails are made in worker processes)."""
+    if not shutil.which("strace"):
+        if os.environ.get("CI"):
+            pytest.fail("CI must run the durability test: install Debian's strace")
+        pytest.skip("needs strace (apt-get install strace)")
+    log = tmp_path / f"strace-{len(list(tmp_path.glob('strace-*')))}.log"
+    traced = ["strace", "-f", "-y", "-qq", "-e", "trace=fsync,fdatasync,rename,renameat,renameat2", "-o", str(log)]
+    result = subprocess.run([*traced, sys.executable, "-m", "batch_runner", *args], capture_output=True, text=True,
+                            cwd=REPO, timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    calls: list[tuple[str, ...]] = []
+    for line in log.read_text(encoding="utf-8", errors="replace").splitlines():
+        if match := _FSYNC.search(line):
+            calls.append(("fsync", match[1]))
+        elif match := _RENAME.search(line):
+            calls.append(("rename", *(str((REPO / path).resolve()) for path in (match[1], match[2]))))
+    return calls
+
+
+def assert_landed_durably(calls: list[tuple[str, ...]], files: list[Path]) -> None:
+    """Each file came from a .partial that was fsynced before its rename, and the rename itself
+    was made durable by an fsync of the folder afterwards: a power cut leaves the old file or
+    the whole new one, never an empty or half-written one taken for a result."""
+    for path in files:
+        target = str(path.resolve())
+        renames = [i for i, call in enumerate(calls) if call[0] == "rename" and call[2] == target]
+        assert renames, f"{path.name} was written in place, not renamed from a .partial"
+        at = renames[-1]
+        source = calls[at][1]
+        assert source.endswith(".partial"), source
+        assert ("fsync", source) in calls[:at], f"{path.name}: its .partial was renamed before it was fsynced"
+        assert ("fsync", str(path.parent.resolve())) in calls[at:], f"{path.name}: its folder was not fsynced after"
+
+
+def test_report_and_exports_write_every_file_through_a_fsynced_partial(sweep, tmp_path):
+    out = copy_of(sweep, tmp_path)
+    calls = syscalls_of(tmp_path, "report", str(out))
+    report = out / "report"
+    written = [report / "index.html", *report.glob("sheets/*.png"), *report.glob("thumbs/*.jpg")]
+    assert len(list(report.glob("thumbs/*.jpg"))) == 12 and list(report.glob("sheets/*.png"))
+    assert_landed_durably(calls, written)
+
+    dataset = tmp_path / "dataset"
+    calls = syscalls_of(tmp_path, "export", str(out), "--format", "imagefolder", "--to", str(dataset))
+    images = list((dataset / "images").iterdir())
+    assert len(images) == 12
+    assert_landed_durably(calls, [*images, dataset / "metadata.parquet", dataset / "README.md"])
+
+    shards = tmp_path / "wds"
+    calls = syscalls_of(tmp_path, "export", str(out), "--format", "webdataset", "--to", str(shards), "--shard-size=5")
+    tars = sorted(shards.glob("shard-*.tar"))
+    assert len(tars) == 3
+    assert_landed_durably(calls, [*tars, shards / "README.md"])
+    leftovers = [p for folder in (report, dataset, shards) for p in folder.rglob("*.partial")]
+    assert leftovers == []

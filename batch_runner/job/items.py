@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from typing import Any
 
 # Columns the tool itself writes beside a job's metadata columns: item_id and the state columns
-# of manifest.parquet (results.STATE_COLUMNS; a test keeps the two equal), and file_name and text
-# of metadata.jsonl (Hugging Face imagefolder). Kept here, not in results.py, so that `plan`
+# of manifest.parquet (store.fold.STATE_COLUMNS; a test keeps the two equal), and file_name and
+# text of an imagefolder export's metadata.parquet. Kept here, not in store/, so that `plan`
 # never imports pandas. A metadata column with one of these names is renamed meta_<name>.
 OUTPUT_COLUMNS = (
     "item_id",

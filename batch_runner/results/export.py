@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,8 +28,8 @@ import pyarrow.parquet as pq
 
 from batch_runner import __version__
 from batch_runner.api import spec as api_spec
-from batch_runner.results.summaries import RunResults, meta_columns
-from batch_runner.store.output_dir import fsync_dir, write_atomic
+from batch_runner.results.summaries import SUCCEEDED, RunResults, meta_columns
+from batch_runner.store.output_dir import OutputDir, _replace_durably, fsync_dir, write_atomic
 
 _PALETTE = pa.struct(
     [
@@ -77,7 +76,7 @@ def _plain(value: Any, kind: pa.DataType) -> Any:
 def _samples(results: RunResults, fields: pa.Schema) -> Iterator[tuple[str, Path, dict[str, Any]]]:
     """(item_id, image file, typed record) for each succeeded item."""
     items = results.items
-    ok = items[(items.status == "succeeded") & items.image_path.notna()]
+    ok = items[(items.status == SUCCEEDED) & items.image_path.notna()]
     for row in ok.to_dict("records"):
         record: dict[str, Any] = {}
         for field in fields:
@@ -112,11 +111,11 @@ def to_imagefolder(results: RunResults, to: Path) -> ExportResult:
             skipped += 1
             continue
         target = images / source.name
-        tmp = target.with_name(f".{target.name}.partial")
-        shutil.copyfile(source, tmp)
-        tmp.replace(target)
+        _replace_durably(target, source.read_bytes())
         rows.append({"file_name": f"images/{source.name}", **record})
         files.append(target)
+    if files:
+        fsync_dir(images)  # the copies' renames, before metadata.parquet lists them
     table_schema = pa.schema([pa.field("file_name", pa.string()), *fields])
     if rows or old_lines or not metadata.exists():
         tables = [pa.Table.from_pylist(_conform(old_lines, table_schema), schema=table_schema)] if old_lines else []
@@ -144,12 +143,10 @@ def _covers(table: pa.Table, table_schema: pa.Schema) -> bool:
 
 
 def _write_parquet(path: Path, table: pa.Table) -> None:
-    tmp = path.with_name(f".{path.name}.partial")
-    pq.write_table(table, tmp)
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+    # Encoded in memory, which holds the table already: the file is smaller than the table.
+    buffer = pa.BufferOutputStream()
+    pq.write_table(table, buffer)
+    write_atomic(path, buffer.getvalue().to_pybytes())
 
 
 # ---------------------------------------------------------------------------------- webdataset
@@ -263,13 +260,14 @@ _DTYPES = {"int64": "int64", "double": "float64", "string": "string"}
 
 def _runs(folder: Path) -> list[dict[str, Any]]:
     try:
-        return [json.loads(line) for line in (folder / "runs.jsonl").read_text("utf-8").splitlines() if line.strip()]
+        lines = OutputDir(folder).runs.read_text("utf-8").splitlines()
+        return [json.loads(line) for line in lines if line.strip()]
     except (OSError, ValueError):
         return []
 
 
 def _write_card(to: Path, results: RunResults, fields: pa.Schema, kind: str, samples: int) -> None:
-    jobs = sorted({run.get("job") for run in _runs(results.path) if run.get("job")})
+    jobs = sorted({str(run["job"]) for run in _runs(results.path) if run.get("job")})
     bounds = [(1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M")]
     size = next((label for bound, label in bounds if samples < bound), "1M<n<10M")
     image_field = ["  - name: image", "    dtype: image"] if kind == "imagefolder" else []

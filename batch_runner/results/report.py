@@ -4,7 +4,7 @@ Sheets are labelled grids of thumbnails, ROWS × COLS, one set per value of the 
 paged so each stays readable; a cell holding several items shows them all (small multiples),
 and a page with nothing finished on it is not drawn. Thumbnails are made once, in parallel,
 and reused by later reports and by the sheets. The HTML page itself (a live grid, lightbox,
-filters, picks and run comparison) is batch_runner/viewer.py.
+filters, picks and run comparison) is batch_runner/results/viewer.py.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from PIL import Image, ImageDraw
 from batch_runner.api import spec as api_spec
 from batch_runner.errors import UsageError
 from batch_runner.fonts import font
-from batch_runner.results.summaries import RunResults
-from batch_runner.store.output_dir import write_atomic
+from batch_runner.results.summaries import FAILED, FINISHED, SUCCEEDED, RunResults
+from batch_runner.store.output_dir import _replace_durably, fsync_dir, write_atomic
 
 CELL = 200
 LABEL_W = 280
@@ -134,9 +134,9 @@ def _slug(values: Sequence[Any]) -> str:
 
 def _thumbnail(path: Path, size: int) -> Image.Image | None:
     try:
-        image = Image.open(path)
-        image.draft("RGB", (size, size))
-        image = image.convert("RGB")
+        with Image.open(path) as source:
+            source.draft("RGB", (size, size))
+            image = source.convert("RGB")
         image.thumbnail((size, size), Image.Resampling.BILINEAR)
         return image
     except OSError:
@@ -159,8 +159,8 @@ def _draw_item(sheet: Image.Image, draw: ImageDraw.ImageDraw, box: tuple[int, in
     with the server's reason)."""
     x, y, size = box
     small = font(13 if size >= 120 else 10)
-    status = row["status"]
-    if status == "succeeded" and isinstance(row.get("image_path"), str):
+    status, error = row["status"], row.get("error")
+    if status == SUCCEEDED and isinstance(row.get("image_path"), str):
         thumb = images(row)
         if thumb is not None:
             if max(thumb.size) > size:
@@ -168,13 +168,13 @@ def _draw_item(sheet: Image.Image, draw: ImageDraw.ImageDraw, box: tuple[int, in
                 thumb.thumbnail((size, size), Image.Resampling.BILINEAR)
             sheet.paste(thumb, (x + (size - thumb.width) // 2, y + (size - thumb.height) // 2))
             return
-        status, row = "failed", {**row, "error": "image file missing or unreadable"}
-    if status == "failed":
+        status, error = FAILED, "image file missing or unreadable"
+    if status == FAILED:
         draw.rectangle((x, y, x + size, y + size), fill=_FAILED_BG, outline=_FAILED_INK, width=2)
         draw.text((x + 6, y + 6), "FAILED", font=font(16 if size >= 120 else 11), fill=_FAILED_INK)
         if size >= 60:
             lines = max(1, (size - 40) // 16)
-            _wrap(draw, (x + 6, y + 28), _label(row.get("error")), size - 12, small, _FAILED_INK, lines)
+            _wrap(draw, (x + 6, y + 28), _label(error), size - 12, small, _FAILED_INK, lines)
         return
     draw.rectangle((x, y, x + size, y + size), fill=(232, 232, 240))
     draw.text((x + 6, y + 6), str(status).upper(), font=font(16 if size >= 120 else 11), fill=_MUTED)
@@ -205,14 +205,6 @@ def _workers() -> int:
     return max(1, min(8, os.cpu_count() or 1))
 
 
-def _write_cache(path: Path, data: bytes) -> None:
-    """Thumbnails and sheets are made again from the images at will: swapped in whole (a reader
-    never meets half a file), but not fsynced, which would cost more than making them."""
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def make_thumbs(results: RunResults, to: Path) -> dict[str, str]:
     """Small JPEG thumbnails (THUMB px) of the succeeded items, as paths relative to to.parent.
 
@@ -222,7 +214,7 @@ def make_thumbs(results: RunResults, to: Path) -> dict[str, str]:
     to.mkdir(parents=True, exist_ok=True)
     prefix = to.relative_to(to.parent).as_posix()
     items = results.items
-    ok = items[(items.status == "succeeded") & items.image_path.notna()]
+    ok = items[(items.status == SUCCEEDED) & items.image_path.notna()]
     have = {entry.name: entry.stat().st_mtime for entry in os.scandir(to) if entry.name.endswith(".jpg")}
     paths: dict[str, str] = {}
     todo: list[tuple[str, Path, Path]] = []
@@ -249,6 +241,8 @@ def make_thumbs(results: RunResults, to: Path) -> dict[str, str]:
             for item_id in pool.map(_make_thumb, todo, chunksize=64):
                 if item_id is not None:
                     paths[item_id] = f"{prefix}/{item_id}.jpg"
+    if todo:
+        fsync_dir(to)  # the thumbnails' renames, durable at once
     return paths
 
 
@@ -259,7 +253,9 @@ def _make_thumb(job: tuple[str, Path, Path]) -> str | None:
         return None
     buffer = io.BytesIO()
     thumb.save(buffer, "JPEG", quality=80)
-    _write_cache(target, buffer.getvalue())
+    # Durable like every other file: a thumbnail newer than its image is never made again, so
+    # one left empty by a power cut would stay broken.
+    _replace_durably(target, buffer.getvalue())
     return item_id
 
 
@@ -276,9 +272,6 @@ def _image_loader(root: Path, thumbs: Path | None):
         return _thumbnail(root / row["image_path"], CELL)
 
     return load
-
-
-_FINISHED = ("succeeded", "failed")
 
 
 def contact_sheets(results: RunResults, to: Path, layout: Layout, thumbs: Path | None = None) -> list[Path]:
@@ -301,7 +294,7 @@ def contact_sheets(results: RunResults, to: Path, layout: Layout, thumbs: Path |
     )
     for key, frame in groups:
         key = key if isinstance(key, tuple) else (key,)
-        if not frame.status.isin(_FINISHED).any():
+        if not frame.status.isin(FINISHED).any():
             continue
         row_labels = [display(layout.rows, v) for v in frame[layout.rows]]
         col_labels = [display(layout.cols, v) for v in frame[layout.cols]] if layout.cols else [""] * len(frame)
@@ -317,7 +310,7 @@ def contact_sheets(results: RunResults, to: Path, layout: Layout, thumbs: Path |
         title_group = ", ".join(f"{g}={display(g, v)}" for g, v in zip(layout.group, key, strict=True)) or "all items"
         for number, (page_rows, page_cols) in enumerate(pages, start=1):
             page_cells = {(r, c): cells.get((r, c), []) for r in page_rows for c in page_cols}
-            if not any(item["status"] in _FINISHED for cell in page_cells.values() for item in cell):
+            if not any(item["status"] in FINISHED for cell in page_cells.values() for item in cell):
                 continue
             title = f"{results.path.name}: {layout.rows} × {layout.cols or '-'} · {title_group}"
             if len(pages) > 1:
@@ -341,7 +334,7 @@ def contact_sheets(results: RunResults, to: Path, layout: Layout, thumbs: Path |
         image = _render_page(title, page_rows, page_cols, page_cells, images)
         buffer = io.BytesIO()
         image.save(buffer, "PNG", compress_level=1)
-        _write_cache(path, buffer.getvalue())
+        _replace_durably(path, buffer.getvalue())  # the folder's fsync is the index's, below
         return path, signature
 
     with ThreadPoolExecutor(_workers()) as pool:

@@ -14,9 +14,13 @@ import pandas as pd
 
 from batch_runner.api import spec as api_spec
 from batch_runner.store.fold import STATE_COLUMNS, current_frame
+from batch_runner.store.journal import ItemStatus
 from batch_runner.store.output_dir import OutputDir
 
-_STATUSES = ("succeeded", "failed", "pending", "sent")
+# Statuses as the items table holds them (text); finished ones first, as the summaries list them.
+SUCCEEDED, FAILED, PENDING = ItemStatus.SUCCEEDED.value, ItemStatus.FAILED.value, ItemStatus.PENDING.value
+FINISHED = (SUCCEEDED, FAILED)
+STATUSES = (*FINISHED, *(status.value for status in ItemStatus if status.value not in FINISHED))
 
 
 @dataclass
@@ -73,7 +77,7 @@ def load(path: str | Path) -> RunResults:
 def _typed(items: pd.DataFrame) -> pd.DataFrame:
     """Real dtypes, whatever the journal's newer news made object columns: UTC datetimes,
     nullable integers, floats, strings (a column empty everywhere keeps its type too)."""
-    items["status"] = items["status"].fillna("pending")
+    items["status"] = items["status"].fillna(PENDING)
     for column in ("cost_usd", "latency_s", "remaining_credits"):
         items[column] = pd.to_numeric(items[column], errors="coerce").astype("float64")
     for column in ("attempts", "rate_limited", "unanswered"):
@@ -89,11 +93,11 @@ def _typed(items: pd.DataFrame) -> pd.DataFrame:
 
 
 def _totals(items: pd.DataFrame) -> pd.DataFrame:
-    finished = items[items.status.isin(["succeeded", "failed"])]
-    ok = items[items.status == "succeeded"].latency_s.dropna()
+    finished = items[items.status.isin(FINISHED)]
+    ok = items[items.status == SUCCEEDED].latency_s.dropna()
     rows = [
         ("items", len(items)),
-        *[(status, int((items.status == status).sum())) for status in _STATUSES],
+        *[(status, int((items.status == status).sum())) for status in STATUSES],
         ("spend_usd", round(float(items.cost_usd.fillna(0).sum()), 6)),
         ("attempts", int(items.attempts.sum())),
         ("retries", int((finished.attempts - 1).clip(lower=0).sum())),
@@ -107,7 +111,7 @@ def _totals(items: pd.DataFrame) -> pd.DataFrame:
 
 def _by_status(items: pd.DataFrame) -> pd.DataFrame:
     counts = items.status.value_counts()
-    return pd.DataFrame({"status": list(_STATUSES), "items": [int(counts.get(s, 0)) for s in _STATUSES]})
+    return pd.DataFrame({"status": list(STATUSES), "items": [int(counts.get(s, 0)) for s in STATUSES]})
 
 
 def _spend_by_axis(items: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
@@ -117,8 +121,8 @@ def _spend_by_axis(items: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
         frame = pd.DataFrame(
             {
                 "items": grouped.size(),
-                "succeeded": grouped.status.apply(lambda s: int((s == "succeeded").sum())),
-                "failed": grouped.status.apply(lambda s: int((s == "failed").sum())),
+                "succeeded": grouped.status.apply(lambda s: int((s == SUCCEEDED).sum())),
+                "failed": grouped.status.apply(lambda s: int((s == FAILED).sum())),
                 "spend_usd": grouped.cost_usd.sum().round(6),
             }
         ).reset_index(names="value")
@@ -129,7 +133,7 @@ def _spend_by_axis(items: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
 
 
 def _latency(items: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
-    ok = items[(items.status == "succeeded") & items.latency_s.notna()]
+    ok = items[(items.status == SUCCEEDED) & items.latency_s.notna()]
     rows = [_latency_row("all", ok.latency_s)]
     for axis in axes:
         if ok[axis].nunique() <= 20:
@@ -151,6 +155,6 @@ def _latency_row(scope: str, values: pd.Series) -> tuple:
 
 
 def _failures(items: pd.DataFrame) -> pd.DataFrame:
-    failed = items[items.status == "failed"]
+    failed = items[items.status == FAILED]
     counts = failed.error.fillna("(no message)").value_counts()
     return pd.DataFrame({"reason": counts.index.astype(str), "items": counts.values.astype(int)})

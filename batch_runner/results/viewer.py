@@ -22,6 +22,7 @@ from typing import Any
 
 import pandas as pd
 
+from batch_runner import humanize
 from batch_runner.api import spec as api_spec
 from batch_runner.results.report import Layout, make_thumbs, palette_label, palette_members
 from batch_runner.results.summaries import RunResults, meta_columns
@@ -189,7 +190,7 @@ def _table_html(frame: pd.DataFrame, caption: str) -> str:
 
 
 def _template(name: str) -> str:
-    return resources.files("batch_runner.results").joinpath("templates", name).read_text(encoding="utf-8")
+    return (resources.files("batch_runner.results") / "templates" / name).read_text(encoding="utf-8")
 
 
 def _stats(results: RunResults) -> dict[str, Any]:
@@ -200,7 +201,7 @@ def _stats(results: RunResults) -> dict[str, Any]:
         "succeeded": int(totals["succeeded"]),
         "failed": int(totals["failed"]),
         "pending": int(totals["pending"]) + int(totals["sent"]),
-        "spend": f"${float(totals.get('spend_usd') or 0):,.2f}",
+        "spend": humanize.money(float(totals.get("spend_usd") or 0)),
         "latency": f"{'—' if p50 is None else p50} / {'—' if p95 is None else p95} s",
         "retries": int(totals["retries"]),
         "limited": int(totals["rate_limited_429s"]),
