@@ -1,18 +1,25 @@
 """Run settings: command-line flags override the manifest, which overrides the defaults.
 
 The limits of every setting are written once, in LIMITS, and checked the same way whether the
-value comes from a flag (`--concurrency 8`) or from a manifest key (`concurrency: 8`). To add a
-setting: a row in LIMITS, a field in RunSettings and in Settings, and a flag in cli.py.
+value comes from a flag (`--concurrency 8`), a manifest key (`concurrency: 8`) or a keyword of
+`batch_runner.run(concurrency=8)`. Every default is written once, here (the price per image in
+api/spec.py). To add a setting: a row in LIMITS, a field in RunSettings and in Settings, and a
+row in cli/options.py's flag table. Run options (how one run sends: attempts, timeout, progress)
+are flags and keywords only, never manifest keys: OPTION_LIMITS and Options.
 """
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
+from enum import Enum
 from typing import Any
 
 from batch_runner.api import spec as api_spec
+from batch_runner.errors import UsageError
 
 # The most requests in flight; the pacer opens as many as the learned rate needs (Little's
 # law). 32 lets a Pro key (50 RPM at ~12.8 s, ~11 in flight) reach its ceiling with room for
@@ -70,12 +77,26 @@ LIMITS: dict[str, Limit] = {
     "max_duration": Limit(whole=False, low=0, high=7 * 86_400, low_open=True, unit="s"),
 }
 DEFAULT_MAX_WAIT_S = 900.0
+
+# Run options: how this run sends, not what the job is, so they come from flags or run()'s
+# keywords and never from a manifest. Checked by the same rules as the settings above.
+DEFAULT_MAX_ATTEMPTS = 5  # tries per item for retryable errors
+DEFAULT_TIMEOUT_S = 120.0  # a request's whole deadline: ~10x the typical 12.8 s generation
+DEFAULT_LOG_INTERVAL_S = 30.0  # seconds between progress log lines
+OPTION_LIMITS: dict[str, Limit] = {
+    # Past 100 tries an item is not unlucky: the run should stop and say why.
+    "max_attempts": Limit(whole=True, low=1, high=100),
+    "timeout": Limit(whole=False, low=0, high=86_400, low_open=True, unit="s"),
+    "log_interval": Limit(whole=False, low=0, high=86_400, low_open=True, unit="s"),
+    # How long to queue behind another run of the same output folder; 0 exits 5 at once.
+    "wait_lock": Limit(whole=False, low=0, high=86_400, unit="s"),
+}
 _DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s)?")
 
 
 def check_setting(name: str, value: Any) -> str | None:
     """A problem with one setting's value, phrased with its fix, or None when it is valid."""
-    limit = LIMITS[name]
+    limit = LIMITS.get(name) or OPTION_LIMITS[name]
     fix = f"use {limit.rule()}"
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return f"{name} {value!r} is not a number; {fix}"
@@ -96,7 +117,8 @@ def parse_setting(name: str, raw: Any) -> int | float:
     as text) means what it says, and "nan" or "inf" are refused like any other bad number.
     """
     value = raw
-    if isinstance(raw, str) and LIMITS[name].unit == "s" and (match := _DURATION.fullmatch(raw.strip().lower())):
+    limit = LIMITS.get(name) or OPTION_LIMITS[name]
+    if isinstance(raw, str) and limit.unit == "s" and (match := _DURATION.fullmatch(raw.strip().lower())):
         if any(match.groups()):
             hours, minutes, seconds = (float(g) if g else 0.0 for g in match.groups())
             value = hours * 3600 + minutes * 60 + seconds
@@ -126,6 +148,7 @@ class RunSettings:
     max_wait: float | None = None
     max_duration: float | None = None
     ping_url: str | None = None
+    api: str | None = None
 
 
 @dataclass(frozen=True)
@@ -138,6 +161,19 @@ class Settings:
     max_wait: float = DEFAULT_MAX_WAIT_S
     max_duration: float | None = None
     ping_url: str | None = None
+    api: str = "sync"  # "async": Segmind's v2 submit-and-poll API (see API_MODES)
+
+
+# The provider's two APIs: v1 answers a POST with the image; v2 answers with a request id to
+# poll. sync stays the default until async is proven against the real service.
+API_MODES = ("sync", "async")
+
+
+def check_api(name: str, value: Any) -> str | None:
+    """The API mode: sync (v1) or async (v2)."""
+    if not isinstance(value, str) or value.strip().lower() not in API_MODES:
+        return f"{name} {value!r} is not an API mode; use sync (v1, the default) or async (v2, submit and poll)"
+    return None
 
 
 def check_url(name: str, value: Any) -> str | None:
@@ -161,3 +197,76 @@ def resolve(manifest: RunSettings, flags: RunSettings) -> Settings:
     if "price_per_image" in chosen:
         chosen["price_per_image"] = float(chosen["price_per_image"])
     return Settings(**chosen)
+
+
+class ProgressMode(str, Enum):
+    """How a run shows its progress: `auto` is a bar on a terminal and log lines otherwise."""
+
+    AUTO = "auto"
+    BAR = "bar"
+    LOG = "log"
+    QUIET = "quiet"  # nothing while it runs (the CLI holds its messages back unless the news is bad)
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class Options:
+    """How one run sends: from flags or run()'s keywords, never from a manifest."""
+
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    timeout: float = DEFAULT_TIMEOUT_S
+    retry_failed: bool = False  # send items that failed in earlier runs again
+    progress: ProgressMode = ProgressMode.AUTO
+    log_interval: float = DEFAULT_LOG_INTERVAL_S
+    wait_lock: float = 0.0
+
+
+def parse_named(name: str, raw: Any) -> Any:
+    """One setting or option given by name (run()'s keywords), checked by the rules its flag
+    and its manifest key use; ValueError says what to fix, KeyError means no such name."""
+    if name in LIMITS or name in OPTION_LIMITS:
+        return parse_setting(name, raw)
+    if name == "ping_url":
+        if problem := check_url(name, raw):
+            raise ValueError(problem)
+        return raw.strip()
+    if name == "api":
+        if problem := check_api(name, raw):
+            raise ValueError(problem)
+        return raw.strip().lower()
+    if name == "retry_failed":
+        if not isinstance(raw, bool):
+            raise ValueError(f"retry_failed {raw!r} is not True or False")
+        return raw
+    if name == "progress":
+        try:
+            return ProgressMode(raw)
+        except ValueError:
+            modes = ", ".join(m.value for m in ProgressMode)
+            raise ValueError(f"progress {raw!r} is not a progress mode; use one of {modes}") from None
+    raise KeyError(name)
+
+
+def split_named(values: Mapping[str, Any]) -> tuple[RunSettings, Options]:
+    """Settings and options by name, each checked; UsageError names an unknown one and its fix."""
+    setting_names = {f.name for f in fields(RunSettings)}
+    known = sorted(setting_names | {f.name for f in fields(Options)})
+    chosen: dict[str, Any] = {}
+    problems = []
+    for name, raw in values.items():
+        if raw is None:
+            continue  # not set here: the manifest's value, else the default
+        try:
+            chosen[name] = parse_named(name, raw)
+        except KeyError:
+            near = difflib.get_close_matches(name, known, n=1)
+            hint = f"did you mean {near[0]!r}? " if near else ""
+            problems.append(f"{name!r} is not a run setting; {hint}use one of {', '.join(known)}")
+        except ValueError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise UsageError("; ".join(problems))
+    settings = RunSettings(**{k: v for k, v in chosen.items() if k in setting_names})
+    return settings, Options(**{k: v for k, v in chosen.items() if k not in setting_names})

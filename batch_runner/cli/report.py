@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from batch_runner.cli.options import positive_int
 from batch_runner.errors import UsageError
 
 
@@ -66,13 +67,11 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def register_export(sub: argparse._SubParsersAction) -> None:
-    from batch_runner.cli.main import _positive_int
-
     p = sub.add_parser("export", help="write succeeded items as a dataset (imagefolder or WebDataset)")
     p.add_argument("output", help="a results folder written by `batch-runner run`")
     p.add_argument("--format", choices=("imagefolder", "webdataset"), required=True)
     p.add_argument("--to", required=True, help="the dataset folder; exporting again adds only new items")
-    p.add_argument("--shard-size", type=_positive_int, default=1000, help="samples per WebDataset shard")
+    p.add_argument("--shard-size", type=positive_int, default=1000, help="samples per WebDataset shard")
     p.set_defaults(handler=cmd_export)
 
 

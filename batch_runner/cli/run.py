@@ -1,31 +1,34 @@
-"""`batch-runner run` and `batch-runner status`."""
+"""`batch-runner run`: the engine's outcome in words and an exit code, a monitor's pings, and
+the signals. The engine reports facts (engine/outcome.py); every message that names a flag or
+pastes back a command is composed here."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
+import signal
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from batch_runner import humanize
-from batch_runner.cli import exit_codes
+from batch_runner import exit_codes, humanize
+from batch_runner.cli.options import add_run_settings, load, setting
 from batch_runner.errors import ManifestError, UsageError
-from batch_runner.store.output_dir import AlreadyRunning, OutputDir
+from batch_runner.launch import API_KEY_ENV
+from batch_runner.settings import DEFAULT_LOG_INTERVAL_S, DEFAULT_MAX_ATTEMPTS, DEFAULT_TIMEOUT_S, Options, ProgressMode
 
 if TYPE_CHECKING:
+    from batch_runner.engine.outcome import RunOutcome
+    from batch_runner.engine.runner import Runner
     from batch_runner.job.manifest import Job
     from batch_runner.settings import Settings
 
-API_KEY_ENV = "SEGMIND_API_KEY"
 
-
-def register_run(sub: argparse._SubParsersAction) -> None:
-    from batch_runner.cli.main import _non_negative, _positive, _positive_int, add_run_settings
-
+def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "run",
         help="generate every item of a job; resumes where it stopped",
@@ -40,31 +43,36 @@ def register_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--api-key-file", help=f"read the API key from this file (default: ${API_KEY_ENV})")
     p.add_argument("--sandbox", action="store_true", help="run against a built-in local sandbox: no key, no credits")
     p.add_argument("--retry-failed", action="store_true", help="send items that failed in earlier runs again")
-    p.add_argument("--max-attempts", type=_positive_int, default=5, help="tries per item for retryable errors")
-    p.add_argument("--timeout", type=_positive, default=120.0, help="overall seconds allowed per request")
+    p.add_argument(
+        "--max-attempts",
+        type=setting("max_attempts"),
+        default=DEFAULT_MAX_ATTEMPTS,
+        help="tries per item for retryable errors",
+    )
+    p.add_argument(
+        "--timeout", type=setting("timeout"), default=DEFAULT_TIMEOUT_S, help="overall seconds allowed per request"
+    )
     p.add_argument(
         "--progress",
-        choices=("auto", "bar", "log", "quiet"),
-        default="auto",
+        choices=[mode.value for mode in ProgressMode],
+        default=ProgressMode.AUTO.value,
         help="bar on a terminal, log lines otherwise (auto)",
     )
-    p.add_argument("--log-interval", type=_positive, default=30.0, help="seconds between progress log lines")
+    p.add_argument(
+        "--log-interval",
+        type=setting("log_interval"),
+        default=DEFAULT_LOG_INTERVAL_S,
+        help="seconds between progress log lines",
+    )
     p.add_argument(
         "--wait-lock",
-        type=_non_negative,
+        type=setting("wait_lock"),
         default=0.0,
         metavar="SECONDS",
         help="if another run holds the output folder, wait up to this long for it (default: exit 5 at once)",
     )
     add_run_settings(p)
     p.set_defaults(handler=cmd_run)
-
-
-def register_status(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("status", help="counts, spend and what is left in a results folder")
-    p.add_argument("output", help="a results folder written by `batch-runner run`")
-    p.add_argument("--json", action="store_true", help="print a JSON object for scripts")
-    p.set_defaults(handler=cmd_status)
 
 
 def _read_key(args: argparse.Namespace) -> str:
@@ -96,10 +104,9 @@ def _read_key(args: argparse.Namespace) -> str:
 def cmd_run(args: argparse.Namespace) -> int:
     """Run a job. Under --progress quiet a successful run prints nothing at all, and a failed
     or stopped one prints everything it held back to stderr: cron mails only bad news."""
-    from batch_runner.cli.main import load
     from batch_runner.cli.ping import Pinger
 
-    quiet = args.progress == "quiet"
+    quiet = args.progress == ProgressMode.QUIET
     held: list[str] = []
 
     def log(message: str) -> None:
@@ -141,53 +148,32 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, job: Job, settings: Settings, log: Callable[[str], None]) -> tuple[int, str]:
-    from batch_runner.api import spec as api_spec
-    from batch_runner.engine.runner import Runner, RunOptions
+    from batch_runner.engine.runner import MixedOutput
+    from batch_runner.launch import default_output, runner_for
+    from batch_runner.store.output_dir import AlreadyRunning
 
-    sandbox = None
-    if args.sandbox:
-        if args.endpoint:
-            raise UsageError("--sandbox and --endpoint cannot be used together")
-        from batch_runner.sandbox import Sandbox, SandboxConfig
-
-        # A balance no example job exhausts: the sandbox is for trying a job, not for budgeting.
-        sandbox = Sandbox(SandboxConfig(latency_s=1.0, jitter_s=0.3, credits=10_000.0))
-        endpoint, key = sandbox.endpoint, sandbox.key
-        log(
-            f"SANDBOX: running against a local stand-in at {sandbox.url}. No credits are spent and the "
-            "images are placeholders."
-        )
-    else:
-        endpoint = args.endpoint or api_spec.ENDPOINT
-        if "/v2/" in endpoint:
-            # v2 answers a POST with a queued job, not an image: posting to it as if it were v1
-            # would pay for a job per attempt and never fetch one.
-            raise UsageError(
-                f"--endpoint {endpoint} is the asynchronous v2 API, which this version does not speak; "
-                f"use the v1 URL ({endpoint.replace('/v2/', '/v1/', 1)})"
-            )
-        key = _read_key(args)
-    output = Path(args.output) if args.output else Path("outputs") / (job.name + ("-sandbox" if args.sandbox else ""))
-    options = RunOptions(
-        endpoint=endpoint,
-        api_key=key,
-        output=output,
-        settings=settings,
+    if args.sandbox and args.endpoint:
+        raise UsageError("--sandbox and --endpoint cannot be used together")
+    key = None if args.sandbox else _read_key(args)
+    output = Path(args.output) if args.output else default_output(job, args.sandbox)
+    options = Options(
         max_attempts=args.max_attempts,
-        timeout_s=args.timeout,
+        timeout=args.timeout,
         retry_failed=args.retry_failed,
-        sandbox=args.sandbox,
-        progress=args.progress,
-        log_interval_s=args.log_interval,
-        resume_command=_resume_command(args, output),
-        max_wait_s=settings.max_wait,
-        wait_lock_s=args.wait_lock,
-        max_duration_s=settings.max_duration,
-        max_cost_per_run=settings.max_cost_per_run,
+        progress=ProgressMode(args.progress),
+        log_interval=args.log_interval,
+        wait_lock=args.wait_lock,
     )
+    runner: Runner | None = None
     try:
-        report = Runner(job, options, log=log).run()
+        with runner_for(job, settings, options, output, args.sandbox, args.endpoint, key, log) as runner:
+            with _signals_stop(runner, log):
+                outcome = runner.run()
+    except MixedOutput as exc:
+        raise UsageError(f"{exc} Choose another --output.")
     except AlreadyRunning as exc:
+        if runner is not None and runner.stop_reason is not None:  # Ctrl-C while queueing: nothing ran
+            return exit_codes.INTERRUPTED, f"stopped: interrupted ({runner.stop_message}) while waiting: {exc}"
         return (
             exit_codes.LOCKED,
             f"error: {exc}; wait for it to finish (or pass --wait-lock SECONDS), or use another --output",
@@ -199,10 +185,35 @@ def _run(args: argparse.Namespace, job: Job, settings: Settings, log: Callable[[
             exit_codes.OUTPUT_ERROR,
             f"error: cannot write to {where} ({exc.strerror or exc}); free some space or choose a writable --output",
         )
+    return outcome.exit_code, describe(outcome, settings, _resume_command(args, output))
+
+
+@contextmanager
+def _signals_stop(runner: Runner, log: Callable[[str], None]) -> Iterator[None]:
+    """Ctrl-C or SIGTERM stops the run cleanly (requests in flight finish, exit 130); a second
+    one leaves at once. Everything finished so far is on disk already (journal and images are
+    written synchronously), so leaving corrupts nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    interrupts = 0
+
+    def on_signal(signum: int, frame: Any) -> None:
+        nonlocal interrupts
+        interrupts += 1
+        if interrupts >= 2:
+            log("second interrupt: exiting now; requests in flight are abandoned")
+            os._exit(exit_codes.INTERRUPTED)
+        name = signal.Signals(signum).name
+        log(f"{name}: stopping after the {runner.in_flight} request(s) in flight; Ctrl-C again to quit now")
+        runner.request_stop(name)
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
     finally:
-        if sandbox is not None:
-            sandbox.close()
-    return report.exit_code, report.message
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _resume_command(args: argparse.Namespace, output: Path) -> str:
@@ -212,34 +223,65 @@ def _resume_command(args: argparse.Namespace, output: Path) -> str:
     return shlex.join(["batch-runner", *argv])
 
 
-def cmd_status(args: argparse.Namespace) -> int:
-    from batch_runner.store.fold import summarize
+def describe(r: RunOutcome, settings: Settings, resume_command: str) -> str:
+    """The run's report in words: what stopped it, counts and spend, and what to do next."""
+    from batch_runner.engine.outcome import StopReason as Stop
 
-    out = OutputDir(Path(args.output))
-    if not out.exists():
-        raise UsageError(f"{args.output}: no run found here (no journal.jsonl or manifest.parquet)")
-    summary = summarize(out)
-    if args.json:
-        print(json.dumps(summary, indent=2))
-        return 0
-    c = summary["counts"]
-    flags = ", sandbox" if summary["sandbox"] else ""
-    print(
-        f"{summary['output']}  (job {summary['job']}, {summary['runs']} run(s), last {summary['last_run_at']}{flags})"
+    detail = r.stop_message
+    headline = {
+        None: "done",
+        Stop.CREDITS: f"stopped: the account is out of credits (406: {detail})",
+        Stop.SPEND_LIMIT: f"stopped: the team's spend limit is reached (406: {detail})",
+        Stop.CONTENT_TYPE: f"stopped: the server rejected the request's content type (406: {detail}); "
+        "a proxy may be rewriting requests",
+        Stop.BUDGET: f"stopped: the next request could take spending past --max-cost "
+        f"{humanize.money(settings.max_cost or 0)}",
+        Stop.RUN_BUDGET: f"stopped: the next request could take this run's spending past --max-cost-per-run "
+        f"{humanize.money(settings.max_cost_per_run or 0)}",
+        Stop.DURATION: f"stopped: {detail}; requests in flight were let finish",
+        Stop.FATAL: f"stopped: the API refused the configuration ({detail}); "
+        "check the key, its permissions and --endpoint",
+        Stop.INTERRUPTED: f"stopped: interrupted ({detail})",
+        Stop.UNREACHABLE: f"stopped: {detail}; the items it could not send are pending, not failed",
+        Stop.RATE_LIMITED: f"stopped: the server is rate-limiting ({detail})",
+        Stop.OUTPUT: f"stopped: cannot write to {r.output} ({detail})",
+        Stop.INTERNAL: f"stopped: internal error ({detail}); this is a bug, please report it",
+    }[r.stop_reason]
+    lines = [headline]
+    lines.append(
+        f"  {r.succeeded:,} of {r.total:,} succeeded, {r.failed:,} failed, {r.pending:,} pending; "
+        f"spent {humanize.money(r.spent_run)} this run, {humanize.money(r.spent_total)} in all"
     )
-    print(f"  items       {summary['items']:>8,}")
-    print(f"  succeeded   {c['succeeded']:>8,}")
-    print(f"  failed      {c['failed']:>8,}")
-    print(f"  pending     {c['pending']:>8,}")
-    if c["sent"]:
-        print(f"  sent        {c['sent']:>8,}   (no answer on record: may have been billed)")
-    print(f"  spent       {humanize.money(summary['spent_usd']):>8}   (confirmed by the server's answers)")
-    if summary["unanswered_attempts"]:
-        print(
-            f"  possibly    {humanize.money(summary['possibly_billed_usd']):>8}   "
-            f"({summary['unanswered_attempts']:,} attempt(s) with no answer: may have been billed)"
+    if r.unanswered_total:
+        lines.append(
+            f"  possibly billed: {humanize.money(r.possibly_billed_total)} more in all, for "
+            f"{r.unanswered_total:,} attempt(s) with no answer ({humanize.money(r.possibly_billed_run)} this run); "
+            "the API cannot say whether it charged them"
         )
-    print(f"  left        {summary['left']:>8,}   (~{humanize.money(summary['left_estimated_cost_usd'])})")
-    if summary["rate_limited"]:
-        print(f"  429s        {summary['rate_limited']:>8,}")
-    return 0
+    if r.stop_reason is Stop.OUTPUT:
+        if r.lost_images:
+            lines.append(
+                f"  {r.lost_images:,} paid image(s) arrived but could not be saved: they are on the books as "
+                "billed, and will be generated (and billed) again when the run is resumed"
+            )
+        else:
+            lines.append("  no paid image was lost: every image received before the stop is saved")
+    lines.append(f"  results: {r.manifest}")
+    if r.failed and r.stop_reason is None:
+        lines.append("  failed items are retried only with --retry-failed")
+    if r.stop_reason is not None and r.pending:
+        what = {
+            Stop.CREDITS: "add credits, then resume with",
+            Stop.SPEND_LIMIT: "raise the team's spend limit, then resume with",
+            Stop.BUDGET: "raise --max-cost, then resume with",
+            Stop.RUN_BUDGET: "the next run goes on; or now, with",
+            Stop.DURATION: "the next run goes on; or now, with",
+            Stop.FATAL: "fix the configuration, then resume with",
+            Stop.UNREACHABLE: "run the same command later",
+            Stop.RATE_LIMITED: "run the same command later",
+            Stop.OUTPUT: "free some space (or fix the folder's permissions), then resume with",
+            Stop.INTERNAL: "results received so far are safe; resume with",
+        }.get(r.stop_reason, "resume with")
+        lost = "nothing is lost" if not r.lost_images else "every result that was saved is kept"
+        lines.append(f"  {lost}; {what}:\n    {resume_command}")
+    return "\n".join(lines)

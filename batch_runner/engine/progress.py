@@ -11,6 +11,9 @@ from typing import Any
 from tqdm import tqdm
 
 from batch_runner import humanize
+from batch_runner.settings import ProgressMode
+
+__all__ = ["Progress", "ProgressMode"]
 
 
 class Progress:
@@ -18,13 +21,14 @@ class Progress:
         self,
         total: int,
         tally: Any,
-        mode: str,
+        mode: ProgressMode | str,
         interval_s: float,
         log: Callable[[str], None],
         pace: Callable[[], str] | None = None,
     ):
-        if mode == "auto":
-            mode = "bar" if sys.stderr.isatty() else "log"
+        mode = ProgressMode(mode)
+        if mode is ProgressMode.AUTO:
+            mode = ProgressMode.BAR if sys.stderr.isatty() else ProgressMode.LOG
         self.mode = mode
         self.total = total
         self.tally = tally
@@ -33,7 +37,8 @@ class Progress:
         self.pace = pace  # what the pacer is doing: its rate and window, so a user sees it learn
         self.started = time.monotonic()
         self._last_log = self.started
-        self._bar = tqdm(total=total, unit="img", dynamic_ncols=True, file=sys.stderr) if mode == "bar" else None
+        bar = mode is ProgressMode.BAR
+        self._bar = tqdm(total=total, unit="img", dynamic_ncols=True, file=sys.stderr) if bar else None
 
     def _finished(self) -> int:
         return self.tally.succeeded + self.tally.failed
@@ -48,7 +53,7 @@ class Progress:
             self._bar.n = self._finished()
             self._bar.set_postfix_str(self._summary(), refresh=False)
             self._bar.refresh()
-        elif self.mode == "log" and time.monotonic() - self._last_log >= self.interval_s:
+        elif self.mode is ProgressMode.LOG and time.monotonic() - self._last_log >= self.interval_s:
             self._last_log = time.monotonic()
             self.log(self._line())
 
@@ -64,5 +69,5 @@ class Progress:
         if self._bar is not None:
             self.refresh()
             self._bar.close()
-        elif self.mode == "log":
+        elif self.mode is ProgressMode.LOG:
             self.log(self._line())

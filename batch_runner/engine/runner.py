@@ -14,11 +14,9 @@ import hashlib
 import json
 import os
 import shutil
-import signal
-import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,40 +37,57 @@ from batch_runner.api.client import (
     Unreachable,
     check_image,
 )
-from batch_runner.cli import exit_codes
+from batch_runner.api.v2 import V2Client
+from batch_runner.engine.async_pool import AsyncPool
+from batch_runner.engine.outcome import RunOutcome, StopReason
 from batch_runner.engine.pacing import Pacer
 from batch_runner.engine.policies import Budget, BudgetExhausted, GiveUp, Stopping, retrying
 from batch_runner.engine.progress import Progress
 from batch_runner.errors import UsageError
 from batch_runner.job.items import Deduplicated, Item
 from batch_runner.job.manifest import Job
-from batch_runner.settings import Settings
+from batch_runner.settings import (
+    DEFAULT_LOG_INTERVAL_S,
+    DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_TIMEOUT_S,
+    ProgressMode,
+    Settings,
+)
 from batch_runner.store import recipe
 from batch_runner.store.fold import manifest_is_current, manifest_stamp, write_manifest
 from batch_runner.store.journal import Journal
 from batch_runner.store.ledger import STATUS, Ledger
 from batch_runner.store.ledger import load as load_ledger
-from batch_runner.store.output_dir import OutputDir, write_atomic
+from batch_runner.store.output_dir import AlreadyRunning, OutputDir, write_atomic
 
 
 @dataclass
 class RunOptions:
+    """Where and how one run sends. The job's settings (concurrency, budgets, pacing, windows)
+    travel as one Settings object; the defaults are written once, in settings.py."""
+
     endpoint: str
     api_key: str = field(repr=False)
     output: Path
     settings: Settings
-    max_attempts: int = 5
-    timeout_s: float = 120.0
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    timeout_s: float = DEFAULT_TIMEOUT_S
     retry_failed: bool = False
     sandbox: bool = False
-    progress: str = "auto"  # auto | bar | log | quiet
-    log_interval_s: float = 30.0
-    resume_command: str = "batch-runner run JOB"
+    progress: ProgressMode = ProgressMode.AUTO
+    log_interval_s: float = DEFAULT_LOG_INTERVAL_S
     backoff_s: float = 1.0
-    max_wait_s: float = 900.0  # the longest the pool waits for an unreachable or rate-limiting server
     wait_lock_s: float = 0.0  # how long to queue behind another run of the same output
-    max_duration_s: float | None = None  # stop cleanly when this run's window closes
-    max_cost_per_run: float | None = None  # this run's share of the budget (a night's spend)
+
+
+class MixedOutput(UsageError):
+    """The output folder holds the other kind of results (sandbox placeholders or real ones)."""
+
+    def __init__(self, path: Path, holds_sandbox: bool):
+        self.path, self.holds_sandbox = path, holds_sandbox
+        what = "sandbox placeholders" if holds_sandbox else "real results"
+        run = "real" if holds_sandbox else "sandbox"
+        super().__init__(f"{path} holds {what}; a {run} run must not mix with them.")
 
 
 @dataclass
@@ -106,54 +121,67 @@ class _ItemProgress:
     row: dict[str, Any] | None
 
 
-@dataclass
-class RunReport:
-    exit_code: int
-    stop_reason: str | None
-    message: str
-    total: int
-    todo: int
-    succeeded: int
-    failed: int
-    pending: int
-    spent_run: float
-    spent_total: float
-    unanswered: int  # attempts an earlier run left with no answer, found at the start
-    recovered: int
-    possibly_billed_run: float = 0.0
-    possibly_billed_total: float = 0.0
-    unanswered_total: int = 0
-    lost_images: int = 0
-
-
 class Runner:
-    def __init__(self, job: Job, options: RunOptions, log: Any = None):
+    """One run of a job into an output folder. It reports what happened as a RunOutcome and
+    says nothing about flags, exit codes or signals: that is the caller's (the CLI's) business.
+    Messages go to `log` (none by default)."""
+
+    def __init__(self, job: Job, options: RunOptions, log: Callable[[str], None] | None = None):
         self.job = job
         self.options = options
         self.settings = options.settings
         self.out = OutputDir(options.output)
-        self.log = log or (lambda message: print(message, file=sys.stderr, flush=True))
+        self.log: Callable[[str], None] = log or (lambda message: None)
         self.stop_event = threading.Event()
-        self.stop_reason: str | None = None
+        self.stop_reason: StopReason | None = None
         self.stop_message = ""
         self.tally = Tally()
-        self._stop_lock = threading.Lock()
+        # Reentrant: request_stop() may run in a signal handler that interrupted this same
+        # (main) thread inside _stop.
+        self._stop_lock = threading.RLock()
         self._items_lock = threading.RLock()
-        self._interrupts = 0
+        self._start_fold: threading.Thread | None = None
 
     # ------------------------------------------------------------------ the run
 
-    def run(self) -> RunReport:
-        self.out.lock(self.options.wait_lock_s)
+    def run(self) -> RunOutcome:
+        self._take_lock()
         try:
             self._started_at = time.time()
-            report = self._run_locked()
-            self._record_run(report)
-            return report
+            outcome = self._run_locked()
+            self._record_run(outcome)
+            return outcome
         finally:
             self.out.unlock()
 
-    def _record_run(self, r: RunReport) -> None:
+    def _take_lock(self) -> None:
+        """Queue behind another run of the folder for up to wait_lock_s, but not past a stop
+        request: AlreadyRunning, with stop_reason set when the wait was cut short."""
+        waited = self.options.wait_lock_s
+        deadline = time.monotonic() + waited
+        while True:
+            try:
+                return self.out.lock(0.0)
+            except AlreadyRunning as exc:
+                if self.stop_reason is not None:
+                    raise
+                if time.monotonic() >= deadline:
+                    raise AlreadyRunning(f"{exc} after waiting {waited:g} s" if waited else str(exc)) from None
+            # A plain sleep, not stop_event.wait(): a signal handler may call request_stop()
+            # in this thread, and must not find the event's lock held.
+            time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
+
+    def request_stop(self, message: str = "") -> None:
+        """Stop cleanly, from any thread or a signal handler: no new request is sent, those in
+        flight are let finish, and run() returns with StopReason.INTERRUPTED. Safe to repeat."""
+        self._stop(StopReason.INTERRUPTED, message)
+
+    @property
+    def in_flight(self) -> int:
+        """Requests sent and not yet answered."""
+        return self.tally.in_flight
+
+    def _record_run(self, r: RunOutcome) -> None:
         """One line in runs.jsonl per run, so a monitor can follow a job over weeks."""
         import platform
 
@@ -166,20 +194,20 @@ class Runner:
             "started_at": _iso(self._started_at),
             "ended_at": _iso(time.time()),
             "exit_code": r.exit_code,
-            "stop_reason": r.stop_reason,
-            "stop_message": self.stop_message or None,
+            "stop_reason": r.stop_reason.value if r.stop_reason else None,
+            "stop_message": r.stop_message or None,
             "items": r.total,
             "to_send": r.todo,
             "succeeded": r.succeeded,
             "failed": r.failed,
             "pending": r.pending,
-            "succeeded_this_run": self.tally.succeeded,
-            "failed_this_run": self.tally.failed,
+            "succeeded_this_run": r.succeeded_this_run,
+            "failed_this_run": r.failed_this_run,
             "spent_usd_this_run": round(r.spent_run, 6),
             "possibly_billed_usd_this_run": round(r.possibly_billed_run, 6),
             "spent_usd_total": round(r.spent_total, 6),
             "possibly_billed_usd_total": round(r.possibly_billed_total, 6),
-            "rate_limited_this_run": self.tally.rate_limited,
+            "rate_limited_this_run": r.rate_limited,
             "learned_rpm": self._learned_rpm(),
             "sandbox": self.options.sandbox,
             "versions": {
@@ -222,7 +250,7 @@ class Runner:
         except OSError:
             pass  # only a hint for the next run
 
-    def _run_locked(self) -> RunReport:
+    def _run_locked(self) -> RunOutcome:
         self.out.prepare()
         removed = self.out.remove_partials()
         if removed:
@@ -265,11 +293,7 @@ class Runner:
     def _refuse_mixing(self, history: Ledger) -> None:
         kinds = {bool(r.get("sandbox")) for r in history.runs}
         if kinds and self.options.sandbox not in kinds:
-            what = "sandbox placeholders" if True in kinds else "real results"
-            raise UsageError(
-                f"{self.out.path} holds {what}; a {'sandbox' if self.options.sandbox else 'real'} run must not mix "
-                "with them. Choose another --output."
-            )
+            raise MixedOutput(self.out.path, holds_sandbox=True in kinds)
 
     def _adopt_saved_images(self, history: Ledger, journal: Journal) -> int:
         """An image saved just before a crash, but not yet journaled as done, was paid for and
@@ -384,7 +408,7 @@ class Runner:
 
     def _send_all(
         self, journal: Journal, history: Ledger, total: int, todo: int, unanswered: int, recovered: int
-    ) -> RunReport:
+    ) -> RunOutcome:
         s, o = self.settings, self.options
         done_before = total - todo
         self.log(
@@ -404,7 +428,8 @@ class Runner:
             return self._report(total, todo, history, recovered, unanswered)
 
         self._check_disk_space(todo)
-        self.client = Client(
+        client_class = V2Client if s.api == "async" else Client  # async: v2's submit and poll
+        self.client = client_class(
             o.endpoint, o.api_key, pool_size=s.concurrency, timeout_s=o.timeout_s, price_per_image=s.price_per_image
         )
         self._check_credits(todo)
@@ -412,39 +437,43 @@ class Runner:
         # What the server may have billed already: confirmed spend, plus every attempt that
         # got no answer, across all runs of this output.
         spent_before = history.spent + history.unanswered * s.price_per_image
-        self.budget = Budget(s.max_cost, spent_before, s.price_per_image, o.max_cost_per_run)
+        self.budget = Budget(s.max_cost, spent_before, s.price_per_image, s.max_cost_per_run)
         self.pacer = Pacer.from_snapshot(
-            self._learned(), ceiling_rpm=s.rpm, max_concurrency=s.concurrency, max_wait_s=o.max_wait_s
+            self._learned(), ceiling_rpm=s.rpm, max_concurrency=s.concurrency, max_wait_s=s.max_wait
         )
         self._items = self._todo()
+        # Async mode: jobs outstanding on the server, a few submit and poll threads (async_pool).
+        pool = AsyncPool(self, self.client) if isinstance(self.client, V2Client) else None
         progress = Progress(
-            todo, self.tally, mode=o.progress, interval_s=o.log_interval_s, log=self.log, pace=self._pace
-        )
-        restore = self._install_signal_handlers()
-        workers = [
+            todo, self.tally, mode=o.progress, interval_s=o.log_interval_s, log=self.log,
+            pace=pool.pace if pool else self._pace,
+        )  # fmt: skip
+        workers = pool.threads() if pool else [
             threading.Thread(target=self._worker, name=f"worker-{i}", daemon=True)
             for i in range(min(s.concurrency, todo))
-        ]
+        ]  # fmt: skip
         try:
             for worker in workers:
                 worker.start()
             last_fold = time.monotonic()
             fold_every = 60.0
-            window_closes = time.monotonic() + o.max_duration_s if o.max_duration_s else None
+            window_closes = time.monotonic() + s.max_duration if s.max_duration else None
             for worker in workers:
                 while worker.is_alive():
                     worker.join(0.25)
                     progress.refresh()
                     if window_closes is not None and time.monotonic() >= window_closes:
-                        self._stop("duration", f"the run's window of {humanize.duration(o.max_duration_s)} closed")
+                        window = humanize.duration(s.max_duration or 0)
+                        self._stop(StopReason.DURATION, f"the run's window of {window} closed")
                     if time.monotonic() - last_fold > fold_every:
                         started = time.monotonic()
                         self._checkpoint()
                         last_fold = time.monotonic()
                         fold_every = max(60.0, 20 * (last_fold - started))
         finally:
-            restore()
             progress.close()
+            if pool:
+                pool.close()
             self.client.close()
             self._remember_pacing()
         final = self.ledger.refresh()
@@ -634,40 +663,15 @@ class Runner:
     def _stop(self, reason: str, message: str) -> None:
         with self._stop_lock:
             if self.stop_reason is None:
-                self.stop_reason, self.stop_message = reason, message
+                self.stop_reason, self.stop_message = StopReason(reason), message
         self.stop_event.set()
         pacer = getattr(self, "pacer", None)
         if pacer is not None:
             pacer.wake()  # workers waiting for a send slot see the stop at once
 
-    def _install_signal_handlers(self):
-        if threading.current_thread() is not threading.main_thread():
-            return lambda: None
-
-        def on_signal(signum: int, frame: Any) -> None:
-            self._interrupts += 1
-            if self._interrupts >= 2:
-                # Everything finished so far is on disk already (journal and images are
-                # written synchronously), so leaving now corrupts nothing.
-                self.log("second interrupt: exiting now; requests in flight are abandoned")
-                os._exit(exit_codes.INTERRUPTED)
-            name = signal.Signals(signum).name
-            self.log(
-                f"{name}: stopping after the {self.tally.in_flight} request(s) in flight; Ctrl-C again to quit now"
-            )
-            self._stop("interrupted", name)
-
-        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-
-        def restore() -> None:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-
-        return restore
-
     # ------------------------------------------------------------------ report
 
-    def _report(self, total: int, todo: int, final: Ledger, recovered: int, unanswered: int) -> RunReport:
+    def _report(self, total: int, todo: int, final: Ledger, recovered: int, unanswered: int) -> RunOutcome:
         if todo == 0:
             counts = dict(self._plan_counts)  # nothing was sent: the counting pass still holds
         else:
@@ -678,106 +682,30 @@ class Runner:
         pending = total - counts["succeeded"] - counts["failed"]
         if self.stop_reason is None and pending and todo:
             # Every worker ended, yet work is left: never let that pass as success.
-            self._stop("internal", f"{pending:,} item(s) were left unsent with no reason to stop")
-        price = self.settings.price_per_image
-        report = RunReport(
-            exit_code=_EXIT_CODES.get(self.stop_reason, exit_codes.OK),
+            self._stop(StopReason.INTERNAL, f"{pending:,} item(s) were left unsent with no reason to stop")
+        t = self.tally
+        return RunOutcome(
+            output=self.out.path,
+            manifest=self.out.manifest,
             stop_reason=self.stop_reason,
-            message="",
+            stop_message=self.stop_message,
             total=total,
             todo=todo,
             succeeded=counts["succeeded"],
             failed=counts["failed"],
             pending=pending,
-            spent_run=self.tally.spent,
+            succeeded_this_run=t.succeeded,
+            failed_this_run=t.failed,
+            spent_run=t.spent,
             spent_total=final.spent,
+            possibly_billed_run=t.possibly_billed,
+            possibly_billed_total=final.unanswered * self.settings.price_per_image,
             unanswered=unanswered,
-            recovered=recovered,
-            possibly_billed_run=self.tally.possibly_billed,
-            possibly_billed_total=final.unanswered * price,
             unanswered_total=final.unanswered,
-            lost_images=self.tally.lost_images,
+            recovered=recovered,
+            lost_images=t.lost_images,
+            rate_limited=t.rate_limited,
         )
-        if report.exit_code == exit_codes.OK and counts["failed"]:
-            report.exit_code = exit_codes.FAILED_ITEMS
-        report.message = self._describe(report)
-        return report
-
-    def _describe(self, r: RunReport) -> str:
-        lines = []
-        headline = {
-            None: "done",
-            "credits": f"stopped: the account is out of credits (406: {self.stop_message})",
-            "spend-limit": f"stopped: the team's spend limit is reached (406: {self.stop_message})",
-            "content-type": f"stopped: the server rejected the request's content type (406: {self.stop_message}); "
-            "a proxy may be rewriting requests",
-            "budget": f"stopped: the next request could take spending past --max-cost "
-            f"{humanize.money(self.settings.max_cost or 0)}",
-            "run-budget": f"stopped: the next request could take this run's spending past --max-cost-per-run "
-            f"{humanize.money(self.options.max_cost_per_run or 0)}",
-            "duration": f"stopped: {self.stop_message}; requests in flight were let finish",
-            "fatal": f"stopped: the API refused the configuration ({self.stop_message}); "
-            "check the key, its permissions and --endpoint",
-            "interrupted": f"stopped: interrupted ({self.stop_message})",
-            "unreachable": f"stopped: {self.stop_message}; the items it could not send are pending, not failed",
-            "rate-limited": f"stopped: the server is rate-limiting ({self.stop_message})",
-            "output": f"stopped: cannot write to {self.out.path} ({self.stop_message})",
-            "internal": f"stopped: internal error ({self.stop_message}); this is a bug, please report it",
-        }[r.stop_reason]
-        lines.append(headline)
-        lines.append(
-            f"  {r.succeeded:,} of {r.total:,} succeeded, {r.failed:,} failed, {r.pending:,} pending; "
-            f"spent {humanize.money(r.spent_run)} this run, {humanize.money(r.spent_total)} in all"
-        )
-        if r.unanswered_total:
-            lines.append(
-                f"  possibly billed: {humanize.money(r.possibly_billed_total)} more in all, for "
-                f"{r.unanswered_total:,} attempt(s) with no answer ({humanize.money(r.possibly_billed_run)} this run); "
-                "the API cannot say whether it charged them"
-            )
-        if r.stop_reason == "output":
-            if r.lost_images:
-                lines.append(
-                    f"  {r.lost_images:,} paid image(s) arrived but could not be saved: they are on the books as "
-                    "billed, and will be generated (and billed) again when the run is resumed"
-                )
-            else:
-                lines.append("  no paid image was lost: every image received before the stop is saved")
-        lines.append(f"  results: {self.out.manifest}")
-        if r.failed and r.stop_reason is None:
-            lines.append("  failed items are retried only with --retry-failed")
-        if r.stop_reason is not None and r.pending:
-            what = {
-                "credits": "add credits, then resume with",
-                "spend-limit": "raise the team's spend limit, then resume with",
-                "budget": "raise --max-cost, then resume with",
-                "run-budget": "the next run goes on; or now, with",
-                "duration": "the next run goes on; or now, with",
-                "fatal": "fix the configuration, then resume with",
-                "unreachable": "run the same command later",
-                "rate-limited": "run the same command later",
-                "output": "free some space (or fix the folder's permissions), then resume with",
-                "internal": "results received so far are safe; resume with",
-            }.get(r.stop_reason, "resume with")
-            lost = "nothing is lost" if not r.lost_images else "every result that was saved is kept"
-            lines.append(f"  {lost}; {what}:\n    {self.options.resume_command}")
-        return "\n".join(lines)
-
-
-_EXIT_CODES = {
-    "credits": exit_codes.BUDGET,
-    "spend-limit": exit_codes.BUDGET,
-    "budget": exit_codes.BUDGET,
-    "run-budget": exit_codes.BUDGET,
-    "duration": exit_codes.TEMPORARY,  # cron's "resume tomorrow"
-    "fatal": exit_codes.FATAL_API,
-    "content-type": exit_codes.FATAL_API,  # a proxy or client fault, not money
-    "interrupted": exit_codes.INTERRUPTED,
-    "unreachable": exit_codes.TEMPORARY,
-    "rate-limited": exit_codes.TEMPORARY,
-    "output": exit_codes.OUTPUT_ERROR,
-    "internal": exit_codes.INTERNAL,
-}
 
 
 def _iso(epoch: float) -> str:
