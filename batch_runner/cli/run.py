@@ -198,15 +198,21 @@ def _signals_stop(runner: Runner, log: Callable[[str], None]) -> Iterator[None]:
         return
     interrupts = 0
 
+    def stop(name: str) -> None:
+        log(f"{name}: stopping after the {runner.in_flight} request(s) in flight; Ctrl-C again to quit now")
+        runner.request_stop(name)
+
     def on_signal(signum: int, frame: Any) -> None:
+        # A handler runs on the main thread between two bytecodes, maybe while that thread holds
+        # stderr's or the pacer's lock; taking either here could deadlock. So the handler only
+        # counts, and a thread does the logging and the stopping.
         nonlocal interrupts
         interrupts += 1
         if interrupts >= 2:
-            log("second interrupt: exiting now; requests in flight are abandoned")
+            os.write(2, b"second interrupt: exiting now; requests in flight are abandoned\n")
             os._exit(exit_codes.INTERRUPTED)
         name = signal.Signals(signum).name
-        log(f"{name}: stopping after the {runner.in_flight} request(s) in flight; Ctrl-C again to quit now")
-        runner.request_stop(name)
+        threading.Thread(target=stop, args=(name,), name="stop-on-signal", daemon=True).start()
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
