@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -111,6 +112,30 @@ def test_the_folders_import_each_other_without_a_cycle():
     ]
     assert described == []
     assert "cli" not in {to for here, targets in edges.items() if here != "cli" for to in targets}
+
+
+def _allowed_by_the_architecture_note() -> dict[str, set[str]]:
+    """docs/ARCHITECTURE.md's table: folder -> the folders it may import."""
+    allowed = {}
+    for line in (REPO / "docs" / "ARCHITECTURE.md").read_text(encoding="utf-8").splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) == 3 and cells[0].startswith("`batch_runner/"):
+            folder = cells[0].strip("`").split("/")[1]
+            allowed[folder] = set(FOLDERS) if cells[2] == "everything" else set(re.findall(r"`(\w+)/`", cells[2]))
+    return allowed
+
+
+def test_each_folder_imports_only_what_the_architecture_note_allows():
+    allowed = _allowed_by_the_architecture_note()
+    assert set(allowed) == set(FOLDERS)
+    found = [
+        f"{path.relative_to(REPO)}:{line} imports {module}"
+        for path in _sources()
+        if (here := _folder(_module_name(path))) is not None
+        for line, module in _imports(path)
+        if (there := _folder(module)) not in (None, here) and there not in allowed[here]
+    ]
+    assert found == []
 
 
 def test_the_engine_speaks_no_cli_no_flags_no_signals_no_exits():
