@@ -61,13 +61,14 @@ def runner_for(
         from batch_runner.sandbox import Sandbox, SandboxConfig
 
         server = Sandbox(SandboxConfig(latency_s=SANDBOX_LATENCY_S, jitter_s=SANDBOX_JITTER_S, credits=SANDBOX_CREDITS))
-        endpoint, api_key = (server.endpoint_v2 if settings.api == "async" else server.endpoint), server.key
-        say(
-            f"SANDBOX: running against a local stand-in at {server.url}. No credits are spent and the "
-            "images are placeholders."
-        )
-    try:
-        if not sandbox:
+    try:  # from here on, the sandbox is closed whatever happens
+        if server is not None:
+            endpoint, api_key = (server.endpoint_v2 if settings.api == "async" else server.endpoint), server.key
+            say(
+                f"SANDBOX: running against a local stand-in at {server.url}. No credits are spent and the "
+                "images are placeholders."
+            )
+        else:
             endpoint = endpoint or api_spec.endpoint_for(settings.api)
             if problem := api_spec.endpoint_problem(endpoint, settings.api):
                 raise UsageError(problem)

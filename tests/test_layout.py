@@ -4,6 +4,7 @@ batch_runner.run() returns a RunOutcome, touches no signal handler and never exi
 
 from __future__ import annotations
 
+import _thread
 import ast
 import json
 import re
@@ -242,6 +243,31 @@ def test_request_stop_from_another_thread_ends_the_run_as_interrupted_with_the_r
     assert (outcome.exit_code, outcome.stop_reason, outcome.stop_message) == (130, StopReason.INTERRUPTED, "asked to")
     assert outcome.succeeded == sent and 2 <= sent < 40 and outcome.pending == 40 - sent
     assert (manifest_frame(out).status == "pending").sum() == 40 - sent
+
+
+def test_ctrl_c_in_a_python_caller_stops_the_run_cleanly_and_returns_an_interrupted_outcome(tmp_path):
+    # run() installs no handler, so Ctrl-C reaches the caller's main thread as KeyboardInterrupt.
+    # The run must not return (or raise) with workers still sending into a folder it unlocked.
+    job = manifest(tmp_path, [f"ctrl-c {i}" for i in range(40)])
+    loaded = batch_runner.load_job(job)
+    overrides, options = split_named({"concurrency": 2, "progress": "quiet"})
+    with sandbox_with(latency_s=0.2) as sb:
+        with runner_for(
+            loaded, resolve(loaded.settings, overrides), options, tmp_path / "out", False, sb.endpoint, FAKE_KEY
+        ) as runner:
+
+            def interrupt_after_two() -> None:
+                wait_for(lambda: runner.tally.succeeded >= 2)
+                _thread.interrupt_main()
+
+            threading.Thread(target=interrupt_after_two).start()
+            outcome = runner.run()
+        workers = [t.name for t in threading.enumerate() if t.name.startswith("worker-")]
+        billed = sb.stats()["billed"]
+    assert (outcome.exit_code, outcome.stop_reason) == (130, StopReason.INTERRUPTED)
+    assert workers == [] and outcome.succeeded == billed and outcome.pending == 40 - billed
+    record = json.loads((tmp_path / "out" / "runs.jsonl").read_text().splitlines()[-1])
+    assert record["stop_reason"] == "interrupted"
 
 
 def test_an_unknown_or_invalid_setting_is_a_clear_error_and_nothing_is_sent(tmp_path, sandbox):

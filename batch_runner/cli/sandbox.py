@@ -62,7 +62,7 @@ def config_from(args: argparse.Namespace) -> SandboxConfig:
     if not keys:
         raise UsageError("--keys needs at least one key")
     chosen: dict[str, Any] = {}  # the sandbox's own default unless named: every fault kind
-    if args.faults:
+    if args.faults is not None:  # "" means no faults, as before
         chosen["faults"] = tuple(f.strip() for f in args.faults.split(",") if f.strip())
     try:
         return SandboxConfig(

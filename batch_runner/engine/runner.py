@@ -38,7 +38,7 @@ from batch_runner.api.client import (
     check_image,
 )
 from batch_runner.api.v2 import V2Client
-from batch_runner.engine.async_pool import AsyncPool
+from batch_runner.engine.async_pool import AsyncPool, sync_mode_note
 from batch_runner.engine.outcome import RunOutcome, StopReason
 from batch_runner.engine.pacing import Pacer
 from batch_runner.engine.policies import Budget, BudgetExhausted, GiveUp, Stopping, retrying
@@ -119,6 +119,34 @@ _SENT, _SUCCEEDED, _FAILED = STATUS.index("sent"), STATUS.index("succeeded"), ST
 class _ItemProgress:
     attempts: int
     row: dict[str, Any] | None
+
+
+class _Crew:
+    """The pool's threads, whose ends are counted here rather than asked of Thread.is_alive():
+    a Thread.join() cut short by KeyboardInterrupt (CPython before 3.13) marks a thread that is
+    still sending as stopped."""
+
+    def __init__(self, threads: list[threading.Thread]):
+        self._left = len(threads)
+        self._ended = threading.Condition()
+        for thread in threads:
+            thread.run = self._counted(thread.run)  # type: ignore[method-assign]
+
+    def _counted(self, run: Callable[[], None]) -> Callable[[], None]:
+        def counted() -> None:
+            try:
+                run()
+            finally:
+                with self._ended:
+                    self._left -= 1
+                    self._ended.notify_all()
+
+        return counted
+
+    def wait(self, timeout_s: float) -> bool:
+        """True once every thread has ended; False after timeout_s."""
+        with self._ended:
+            return self._ended.wait_for(lambda: self._left == 0, timeout_s)
 
 
 class Runner:
@@ -444,6 +472,8 @@ class Runner:
         self._items = self._todo()
         # Async mode: jobs outstanding on the server, a few submit and poll threads (async_pool).
         pool = AsyncPool(self, self.client) if isinstance(self.client, V2Client) else None
+        if pool is None and (note := sync_mode_note(self.ledger)):
+            self.log(note)
         progress = Progress(
             todo, self.tally, mode=o.progress, interval_s=o.log_interval_s, log=self.log,
             pace=pool.pace if pool else self._pace,
@@ -452,15 +482,17 @@ class Runner:
             threading.Thread(target=self._worker, name=f"worker-{i}", daemon=True)
             for i in range(min(s.concurrency, todo))
         ]  # fmt: skip
+        crew = _Crew(workers)
         try:
             for worker in workers:
                 worker.start()
             last_fold = time.monotonic()
             fold_every = 60.0
             window_closes = time.monotonic() + s.max_duration if s.max_duration else None
-            for worker in workers:
-                while worker.is_alive():
-                    worker.join(0.25)
+            while True:
+                try:
+                    if crew.wait(0.25):
+                        break
                     progress.refresh()
                     if window_closes is not None and time.monotonic() >= window_closes:
                         window = humanize.duration(s.max_duration or 0)
@@ -470,6 +502,11 @@ class Runner:
                         self._checkpoint()
                         last_fold = time.monotonic()
                         fold_every = max(60.0, 20 * (last_fold - started))
+                except KeyboardInterrupt:
+                    # run() installs no handler, so a Python caller's Ctrl-C lands here. Leaving
+                    # now would close the journal and free the folder under live workers: stop
+                    # as the CLI does, let the requests in flight finish, and return the outcome.
+                    self.request_stop("KeyboardInterrupt")
         finally:
             progress.close()
             if pool:
