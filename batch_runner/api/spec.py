@@ -12,6 +12,8 @@ import re
 from typing import Any
 
 ENDPOINT = "https://api.segmind.com/v1/ideogram-turbo-txt-2-img"
+# v2 answers a POST with a request id to poll (see "Asynchronous mode (v2)" in the fact sheet).
+ENDPOINT_V2 = "https://api.segmind.com/v2/ideogram-turbo-txt-2-img"
 PRICE_PER_IMAGE = 0.063
 TYPICAL_LATENCY_S = 12.8
 
@@ -47,6 +49,31 @@ PARAMETERS = (
 )
 
 _HEX = re.compile(r"#(?:[0-9a-fA-F]{3}|[0-9a-fA-F]{6})")
+
+
+def endpoint_for(api: str) -> str:
+    """Segmind's URL for an API mode: v1 for sync, v2 for async."""
+    return ENDPOINT_V2 if api == "async" else ENDPOINT
+
+
+def endpoint_problem(endpoint: str, api: str) -> str | None:
+    """Why an endpoint cannot be used in this API mode, with the fix; None when it can.
+
+    v2 answers a POST with a queued job, not an image: posting to it as if it were v1 would pay
+    for a job per attempt and never fetch one; and a v1 URL polled as v2 would bill every submit.
+    """
+    if api != "async" and "/v2/" in endpoint:
+        return (
+            f"--endpoint {endpoint} is the asynchronous v2 API, which --api sync (the default) does not speak; "
+            f"pass --api async to submit and poll, or use the v1 URL ({endpoint.replace('/v2/', '/v1/', 1)})"
+        )
+    if api == "async" and "/v2/" not in endpoint:
+        v2 = endpoint.replace("/v1/", "/v2/", 1) if "/v1/" in endpoint else ENDPOINT_V2
+        return (
+            f"--endpoint {endpoint} is not a v2 URL, which --api async needs; "
+            f"use the v2 URL ({v2}), or drop --api async to send it synchronous v1 requests"
+        )
+    return None
 
 
 def resolution_size(resolution: str | None) -> tuple[int, int]:

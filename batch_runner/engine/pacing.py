@@ -292,6 +292,13 @@ class Pacer:
         with self._lock:
             return self._try_acquire(self._clock())
 
+    def outside(self) -> Ticket:
+        """A ticket for a request the pacer did not admit (an async job's poll), so that its
+        429 still cuts the rate and pauses every worker, and an unreachable endpoint still
+        counts towards giving up. It holds no slot: nothing to release."""
+        with self._lock:
+            return Ticket(self, 0, self._clock(), self._rate, self._epoch, released=True)
+
     def wake(self) -> None:
         """Wake every waiting worker now, e.g. right after setting `stop`."""
         with self._cond:

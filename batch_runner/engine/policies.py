@@ -71,6 +71,13 @@ class Budget:
             self._reserved += self.price
             return self.price
 
+    def hold(self) -> float:
+        """Reserve the price of a job an earlier run already submitted: it is committed, so it
+        counts against the caps but is never refused."""
+        with self._lock:
+            self._reserved += self.price
+            return self.price
+
     def settle(self, reserved: float, cost: float) -> None:
         with self._lock:
             self._reserved -= reserved

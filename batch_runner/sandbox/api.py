@@ -12,6 +12,8 @@ Tests can force an outcome for one item by putting a directive in its prompt:
     [sandbox:fault=KIND]       always: slow (trickled body), drop (connection cut mid-body),
                                broken (corrupt JPEG), wrong-size (image of another size), unsafe
     [sandbox:fault-once=KIND]  the same, only the first time
+
+The v2 queue (queue.py) reads the same directives at submit, and its own for polls.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import re
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -32,13 +35,13 @@ from typing import Any
 from batch_runner.api import spec as api_spec
 from batch_runner.job.items import item_id_for
 from batch_runner.sandbox import images
+from batch_runner.sandbox.queue import V2_REQUESTS_PREFIX, JobQueue
 
 V1_PATH = "/v1/ideogram-turbo-txt-2-img"
 V2_PATH = "/v2/ideogram-turbo-txt-2-img"
 CREDITS_PATH = "/v1/get-user-credits"
 STATS_PATH = "/sandbox/stats"
 MEDIA_PREFIX = "/sandbox/media/"
-V2_REQUESTS_PREFIX = "/v2/requests/"
 DEFAULT_KEY = "sandbox-key"
 FAULT_KINDS = ("500", "502", "504", "slow", "drop")
 _DIRECTIVE = re.compile(r"\[sandbox:([a-z-]+)=([A-Za-z0-9-]+)\]")
@@ -80,7 +83,13 @@ class SandboxConfig:
     keys: tuple[str, ...] = (DEFAULT_KEY,)
     seed: int = 0
     retry_after: bool = True
-    result_ttl_s: float = 3600.0
+    result_ttl_s: float = 3600.0  # v2 jobs are forgotten this long after submission (404)
+    # Whether v2 polls count against the per-key rate limit is not published: a sandbox can
+    # do either, so a client is tested against both.
+    polls_rate_limited: bool = False
+    # How long a v2 submit's answer takes after the job is created: the window in which a
+    # crash leaves a billed job whose id the client never journaled.
+    submit_latency_s: float = 0.0
 
     def __post_init__(self) -> None:
         if self.response not in ("bytes", "json", "url"):
@@ -124,19 +133,8 @@ class _Record:
     ended: float | None = None
     billed: bool = False
     cost: float = 0.0
-
-
-@dataclass
-class _QueuedJob:
-    request_id: str
-    record: _Record
-    params: dict[str, Any]
-    submitted: float
-    ready_at: float
-    fails_with: str | None
-    seed: int
-    cost: float
-    remaining: float | None
+    keyed: bool = False  # an x-api-key header came with it (none may go to the media host)
+    request_id: str | None = None  # the v2 job it created or polled
 
 
 class SandboxApi:
@@ -154,7 +152,7 @@ class SandboxApi:
         self._in_flight = 0
         self._max_in_flight = 0
         self._media: collections.OrderedDict[str, bytes] = collections.OrderedDict()
-        self._jobs: dict[str, _QueuedJob] = {}
+        self.queue = JobQueue(self)
 
     # ---------------------------------------------------------------- bookkeeping
 
@@ -193,6 +191,7 @@ class SandboxApi:
                 "in_flight": self._in_flight,
                 "max_in_flight": self._max_in_flight,
                 "bodies": {k: dict(v) for k, v in self._bodies.items()},
+                "v2": self.queue.stats(),
             }
             if include_log:
                 stats["log"] = [
@@ -206,6 +205,8 @@ class SandboxApi:
                         "ended": r.ended,
                         "billed": r.billed,
                         "cost": r.cost,
+                        "keyed": r.keyed,
+                        "request_id": r.request_id,
                     }
                     for r in self._records
                 ]
@@ -227,7 +228,7 @@ class SandboxApi:
             self._credits -= price
         self._spent += price
         record.billed, record.cost = True, price
-        self._bodies[record.item_id]["billed"] += 1
+        self._bodies[record.item_id or ""]["billed"] += 1
         return True
 
     def _refund(self, record: _Record) -> None:
@@ -236,13 +237,14 @@ class SandboxApi:
         if self._credits is not None:
             self._credits += record.cost
         self._spent -= record.cost
-        self._bodies[record.item_id]["billed"] -= 1
+        self._bodies[record.item_id or ""]["billed"] -= 1
         record.billed, record.cost = False, 0.0
 
     # ---------------------------------------------------------------- routing
 
     def handle(self, record: _Record, headers: Any, body: bytes) -> Reply:
         method, path = record.method, record.path.split("?", 1)[0]
+        record.keyed = bool(headers.get("x-api-key"))
         if path == STATS_PATH and method == "GET":
             return _json_reply(200, self.stats(include_log="log=0" not in record.path))
         if path.startswith(MEDIA_PREFIX) and method == "GET":
@@ -262,7 +264,7 @@ class SandboxApi:
                 credits = self._credits if self._credits is not None else 1e9
             return _json_reply(200, {"credits": round(credits, 6), "free-credits": 0})
         if path.startswith(V2_REQUESTS_PREFIX):
-            return self._v2_poll(path[len(V2_REQUESTS_PREFIX) :])
+            return self.queue.poll(record, path[len(V2_REQUESTS_PREFIX) :], key)
         return self._generate(record, key, headers, body, queued=path == V2_PATH)
 
     def _generate(self, record: _Record, key: str, headers: Any, body: bytes, queued: bool) -> Reply:
@@ -308,7 +310,7 @@ class SandboxApi:
 
         seed = params.get("seed") or self._server_seed(item_id)
         if queued:
-            return self._v2_submit(record, params, seed, fault, remaining, seen_before)
+            return self.queue.submit(record, params, seed, fault, remaining, seen_before)
         width, height = api_spec.resolution_size(params.get("resolution"))
         if fault == "wrong-size":
             width, height = height + 16, width
@@ -368,8 +370,13 @@ class SandboxApi:
             return _error(406, "Team spend limit reached")
         return _error(int(value[:3]))
 
+    @staticmethod
+    def directives(params: dict[str, Any]) -> Iterator[tuple[str, str]]:
+        """Every [sandbox:name=value] in the prompt, in order."""
+        yield from _DIRECTIVE.findall(str(params.get("prompt", "")))
+
     def _directive(self, params: dict[str, Any], seen_before: int) -> str | None:
-        for name, value in _DIRECTIVE.findall(str(params.get("prompt", ""))):
+        for name, value in self.directives(params):
             if name in ("fail", "fault") or (name in ("fail-once", "fault-once") and seen_before == 0):
                 return value
         return None
@@ -441,72 +448,3 @@ class SandboxApi:
             ],
         }
         return _json_reply(200, payload, headers=headers)
-
-    # ---------------------------------------------------------------- v2 queue
-
-    def _v2_submit(
-        self, record: _Record, params: dict[str, Any], seed: int, fault: str | None, remaining: float | None, seen: int
-    ) -> Reply:
-        now = time.monotonic()
-        request_id = uuid.uuid4().hex
-        job = _QueuedJob(
-            request_id=request_id,
-            record=record,
-            params=params,
-            submitted=now,
-            ready_at=now + self._latency(record.item_id or "", seen),
-            fails_with="Generation failed" if fault in ("broken", "drop") else None,
-            seed=seed,
-            cost=self.config.price,
-            remaining=remaining,
-        )
-        with self._lock:
-            self._jobs[request_id] = job
-        base = f"{self.base_url}{V2_REQUESTS_PREFIX}{request_id}"
-        return _json_reply(
-            200,
-            {
-                "request_id": request_id,
-                "status": "QUEUED",
-                "poll_url": f"{base}/status",
-                "status_url": f"{base}/status",
-                "response_url": base,
-            },
-        )
-
-    def _v2_status(self, job: _QueuedJob, now: float) -> str:
-        if now >= job.ready_at:
-            return "FAILED" if job.fails_with else "COMPLETED"
-        queued_until = job.submitted + (job.ready_at - job.submitted) * 0.2
-        return "QUEUED" if now < queued_until else "PROCESSING"
-
-    def _v2_poll(self, rest: str) -> Reply:
-        request_id, _, tail = rest.partition("/")
-        now = time.monotonic()
-        with self._lock:
-            job = self._jobs.get(request_id)
-            if job and now - job.submitted > self.config.result_ttl_s:
-                del self._jobs[request_id]
-                job = None
-        if job is None:
-            return _error(404, "Unknown or expired request_id")
-        status = self._v2_status(job, now)
-        if tail == "status":
-            return _json_reply(200, {"request_id": request_id, "status": status})
-        if tail:
-            return _error(404, f"Not found: {rest}")
-        if status in ("QUEUED", "PROCESSING"):
-            return _json_reply(202, {"request_id": request_id, "status": status})
-        if status == "FAILED":
-            with self._lock:
-                self._refund(job.record)  # a failed queued job is not billed
-            return _json_reply(422, {"status": "FAILED", "error": job.fails_with})
-        width, height = api_spec.resolution_size(job.params.get("resolution"))
-        url = self._store_media(images.jpeg(job.params, job.seed, width, height))
-        metrics = {
-            "cost": job.cost,
-            "remaining_credits": job.remaining,
-            "inference_time": round(job.ready_at - job.submitted, 3),
-            "queue_time": round((job.ready_at - job.submitted) * 0.2, 3),
-        }
-        return _json_reply(200, {"request_id": request_id, "status": "COMPLETED", "output": url, "metrics": metrics})

@@ -34,17 +34,18 @@ def render(params: dict[str, Any], seed: int, width: int, height: int) -> Image.
     margin = width // 16
     big = font(max(12, width // 18))
     small = font(max(10, width // 30))
-    chars = max(10, int((width - 2 * margin) / (big.size * 0.6)))
+    big_size, small_size = _size(big), _size(small)
+    chars = max(10, int((width - 2 * margin) / (big_size * 0.6)))
     lines = textwrap.wrap(str(params.get("prompt", "")), chars)[:8]
     y = margin
     for line in lines:
         draw.text((margin, y), line, font=big, fill=(255, 255, 255))
-        y += int(big.size * 1.25)
+        y += int(big_size * 1.25)
     footer = [f"style {style}", f"seed {seed}", f"{width}x{height}", "sandbox placeholder"]
-    y = height - margin - len(footer) * int(small.size * 1.3)
+    y = height - margin - len(footer) * int(small_size * 1.3)
     for line in footer:
         draw.text((margin, y), line, font=small, fill=(235, 235, 235))
-        y += int(small.size * 1.3)
+        y += int(small_size * 1.3)
     return image
 
 
@@ -58,3 +59,8 @@ def _encoded(params_json: str, seed: int, width: int, height: int) -> bytes:
 def jpeg(params: dict[str, Any], seed: int, width: int, height: int) -> bytes:
     """The image as JPEG bytes, as the real API sends them; repeats are served from a cache."""
     return _encoded(json.dumps(params, sort_keys=True), seed, width, height)
+
+
+def _size(font_: Any) -> float:
+    """A font's size in pixels; Pillow's built-in bitmap font (no TrueType found) has no .size."""
+    return float(getattr(font_, "size", 11))

@@ -14,7 +14,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from batch_runner.sandbox.api import V1_PATH, Reply, SandboxApi, SandboxConfig
+from batch_runner.sandbox.api import V1_PATH, V2_PATH, Reply, SandboxApi, SandboxConfig
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -71,7 +71,12 @@ class _Handler(BaseHTTPRequestHandler):
         ]
         lines += [f"{name}: {value}" for name, value in reply.headers.items()]
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-        if reply.mode == "drop":
+        if reply.mode == "hangup":
+            # The request was handled (a v2 job created and billed), but no byte of the answer
+            # leaves: the client cannot tell this from a request that never arrived.
+            self.connection.shutdown(socket.SHUT_RDWR)
+            self.close_connection = True
+        elif reply.mode == "drop":
             # Promise the whole body, send a part, hang up: a truncated, billed response.
             self.wfile.write(head + reply.body[: len(reply.body) // 2])
             self.wfile.flush()
@@ -130,7 +135,8 @@ class Sandbox:
         self.config = config or SandboxConfig()
         self.api = SandboxApi(self.config)
         self._server = _Server((host, port), self.api)
-        self.host, self.port = self._server.server_address[:2]
+        address = self._server.server_address
+        self.host, self.port = str(address[0]), int(address[1])
         self.url = f"http://{self.host}:{self.port}"
         self.api.base_url = self.url
         self._thread = threading.Thread(target=self._server.serve_forever, name="sandbox", daemon=True)
@@ -139,6 +145,11 @@ class Sandbox:
     @property
     def endpoint(self) -> str:
         return self.url + V1_PATH
+
+    @property
+    def endpoint_v2(self) -> str:
+        """The asynchronous API's submit URL (POST, then poll the answer's status_url)."""
+        return self.url + V2_PATH
 
     @property
     def key(self) -> str:

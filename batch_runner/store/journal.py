@@ -14,15 +14,56 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
+
+
+class JournalEventKind(str, Enum):
+    """The `e` of a journal line. The values are written to disk: never rename one."""
+
+    RUN = "run"  # a run started: its settings and price
+    SENT = "sent"  # a request is about to go out (v1 generation or v2 submit): it may be billed
+    SUBMITTED = "submitted"  # v2: the server answered the submit with a request id to poll
+    ATTEMPT = "attempt"  # an attempt's outcome that finished no item (an error, a FAILED job)
+    EXPIRED = "expired"  # v2: the request id is unknown or expired (404); the item is sent again
+    DONE = "done"  # the item's final outcome: succeeded (image saved) or failed
+
+
+class SubmittedEvent(TypedDict):
+    e: str  # JournalEventKind.SUBMITTED
+    id: str
+    n: int
+    rid: str  # the server's request_id: poll it, never submit the item again while it lives
+    at: float
+
+
+class ExpiredEvent(TypedDict):
+    e: str  # JournalEventKind.EXPIRED
+    id: str
+    n: int
+    rid: str
+    at: float
+
+
+class ItemStatus(str, Enum):
+    """Where an item stands. The values are written to the journal, the ledger and the
+    manifest: never rename one. The order is the ledger's status codes (ledger.STATUS)."""
+
+    PENDING = "pending"  # not sent, or its last attempt failed and it will be sent again
+    SENT = "sent"  # a request is out (or was, when a run died) with no outcome on record
+    SUCCEEDED = "succeeded"  # its image is saved
+    FAILED = "failed"  # given up: rejected, or out of attempts
+
+    def __str__(self) -> str:
+        return self.value  # f-strings and messages show "sent", not "ItemStatus.SENT"
 
 
 @dataclass
 class ItemState:
     """What the journal says of one item."""
 
-    status: str = "pending"  # pending | sent | succeeded | failed
+    status: str = ItemStatus.PENDING.value
     attempts: int = 0
     http_status: int | None = None
     error: str | None = None
@@ -138,6 +179,22 @@ class Journal:
     def run_started(self, **info: Any) -> None:
         self.write({"e": "run", "at": time.time(), **info})
 
+    def submitted(self, item_id: str, attempt: int, request_id: str) -> None:
+        """The v2 submit's answer: written (and fsynced) before anything else is done with it,
+        so a crash after this line costs a poll, not a second billed job."""
+        event: SubmittedEvent = {
+            "e": JournalEventKind.SUBMITTED.value, "id": item_id, "n": attempt, "rid": request_id, "at": time.time()
+        }  # fmt: skip
+        self.write(dict(event))
+
+    def expired(self, item_id: str, attempt: int, request_id: str) -> None:
+        """The server no longer knows the request id: its job may have been billed, and the item
+        will be submitted again."""
+        event: ExpiredEvent = {
+            "e": JournalEventKind.EXPIRED.value, "id": item_id, "n": attempt, "rid": request_id, "at": time.time()
+        }  # fmt: skip
+        self.write(dict(event))
+
     def sent(self, item_id: str, attempt: int, row: dict[str, Any] | None) -> None:
         event: dict[str, Any] = {"e": "sent", "id": item_id, "n": attempt, "at": time.time()}
         if row is not None:
@@ -196,25 +253,42 @@ def read_events(path: Path) -> Iterator[dict[str, Any] | None]:
 def apply_event(event: dict[str, Any], state: ItemState) -> None:
     """One item event onto its item's state: the replay's rules, shared with the ledger."""
     kind = event.get("e")
-    if kind == "sent":
+    if kind == JournalEventKind.SENT:
         if state.open_attempt:
             state.unanswered += 1  # the previous attempt was cut off by a crash
         state.open_attempt = True
-        state.status = "sent"
+        state.status = ItemStatus.SENT.value
+        state.request_id = None  # a new request: an earlier v2 job id no longer stands for the item
         state.attempts = max(state.attempts, int(event.get("n", state.attempts + 1)))
         state.first_sent_at = state.first_sent_at or event.get("at")
         if event.get("row"):
             state.row = event["row"]
-    elif kind == "attempt":
+    elif kind == JournalEventKind.SUBMITTED:
+        # The submit was answered: the job is queued on the server, billed once it completes.
+        # The item stays pending with the id to poll; it is no unanswered attempt.
         state.open_attempt = False
-        state.status = "pending"
+        state.status = ItemStatus.PENDING.value
+        state.request_id = event.get("rid")
+        state.attempts = max(state.attempts, int(event.get("n") or 0))
+    elif kind == JournalEventKind.EXPIRED:
+        # The job was created, and may have completed and been billed before its result expired.
+        state.open_attempt = False
+        state.status = ItemStatus.PENDING.value
+        state.request_id = None
+        state.http_status = 404
+        state.error = "the v2 request id expired or is unknown; submitted again"
+        state.unanswered += 1
+    elif kind == JournalEventKind.ATTEMPT:
+        state.open_attempt = False
+        state.status = ItemStatus.PENDING.value
+        state.request_id = None  # a FAILED v2 job's id is spent
         state.http_status = event.get("http")
         state.error = event.get("error")
         state.cost_usd += float(event.get("cost") or 0.0)
         state.latency_s = event.get("latency")
         state.rate_limited += event.get("http") == 429
         state.unanswered += not event.get("answered", True) and event.get("reached", True)
-    elif kind == "done":
+    elif kind == JournalEventKind.DONE:
         state.open_attempt = False
         state.status = event.get("status", state.status)
         state.finished_at = event.get("at")
