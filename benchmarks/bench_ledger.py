@@ -8,8 +8,12 @@ written; no images. Then, each in its own process so its peak RSS is its own (os
    snapshot covers yet (what an output of the previous format costs, once), then the steady state;
 2. `batch-runner status --json`.
 
-And in this process: the fold (checkpoint of the ledger, then manifest.parquet) after 1% of the
-items got news, which is the periodic cost during a long run.
+3. the fold, in a process of its own too: a checkpoint of the ledger after 1% of the items got
+   news (the periodic cost during a long run), then the final manifest.parquet and
+   metadata.jsonl written from the whole plan, with that process's peak RSS.
+
+Targets (issue 14): a no-op resume and `status` under 10 s at 10^6 items, and every process
+under 500 MB at any size.
 
     python benchmarks/bench_ledger.py [--sizes 10000,100000,1000000]
 """
@@ -103,6 +107,24 @@ def fold_cost(job_path: Path, out: Path) -> tuple[float, float]:
     return checkpoint, manifest
 
 
+def measure_fold(job: Path, out: Path) -> tuple[float, float, float]:
+    """fold_cost() in a process of its own: (checkpoint s, manifest s, peak RSS MB)."""
+    code = (
+        "import json, sys; sys.path.insert(0, sys.argv[1]); from pathlib import Path\n"
+        "from benchmarks.bench_ledger import fold_cost\n"
+        "print(json.dumps(fold_cost(Path(sys.argv[2]), Path(sys.argv[3]))))\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, str(REPO), str(job), str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    _, status, usage = os.wait4(proc.pid, 0)
+    stdout, stderr = proc.stdout.read(), proc.stderr.read()  # type: ignore[union-attr]
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"the fold failed: {stderr.decode()[-2000:]}")
+    checkpoint, manifest = json.loads(stdout)
+    return checkpoint, manifest, usage.ru_maxrss / 1024
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", default="10000,100000,1000000")
@@ -111,7 +133,8 @@ def main() -> None:
     args = parser.parse_args()
     print(
         f"{'items':>9} {'journal MB':>10} | {'1st resume s':>12} {'MB':>5} | {'resume s':>8} {'MB':>5} | "
-        f"{'status s':>8} {'MB':>5} | {'checkpoint s':>12} {'manifest s':>10}"
+        f"{'status s':>8} {'MB':>5} | {'checkpoint s':>12} {'manifest s':>10} {'MB':>5}",
+        flush=True,
     )
     with tempfile.TemporaryDirectory() as tmp:
         for size in sizes:
@@ -125,12 +148,13 @@ def main() -> None:
             status_s, status_mb, text = measure_wait4("status", str(out), "--json")
             summary = json.loads(text)
             assert summary["counts"]["succeeded"] == items, summary
-            checkpoint_s = manifest_s = float("nan")
+            checkpoint_s = manifest_s = fold_mb = float("nan")
             if not args.no_fold:
-                checkpoint_s, manifest_s = fold_cost(job, out)
+                checkpoint_s, manifest_s, fold_mb = measure_fold(job, out)
             print(
                 f"{items:>9,} {journal_mb:>10.0f} | {first_s:>12.2f} {first_mb:>5.0f} | {again_s:>8.2f} "
-                f"{again_mb:>5.0f} | {status_s:>8.2f} {status_mb:>5.0f} | {checkpoint_s:>12.2f} {manifest_s:>10.2f}",
+                f"{again_mb:>5.0f} | {status_s:>8.2f} {status_mb:>5.0f} | {checkpoint_s:>12.2f} {manifest_s:>10.2f} "
+                f"{fold_mb:>5.0f}",
                 flush=True,
             )
 

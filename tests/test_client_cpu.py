@@ -1,5 +1,6 @@
 """The client's lighter machinery: group commit, one watchdog thread, the environment read once,
-and image checks that find truncation without decoding pixels."""
+the generation POST straight to the adapter's pool, and image checks that find truncation
+without decoding pixels."""
 
 from __future__ import annotations
 
@@ -10,8 +11,19 @@ import time
 import pytest
 from PIL import Image
 
-from batch_runner.api.client import Client, UnusableImage, Watchdog, check_image
+from batch_runner.api.client import (
+    Client,
+    FatalApiError,
+    ItemRejected,
+    Unreachable,
+    UnusableImage,
+    Watchdog,
+    check_image,
+)
 from batch_runner.store.journal import Journal, replay
+from tests.helpers import FAKE_KEY
+
+PARAMS = {"prompt": "a fox", "resolution": "RESOLUTION_1024_1024", "magic_prompt_option": "OFF"}
 
 
 def test_concurrent_writers_share_fsyncs_and_every_line_is_there(tmp_path):
@@ -63,3 +75,36 @@ def test_a_truncated_image_is_refused_without_a_full_decode(fmt):
     for broken in (data[: len(data) * 2 // 3], data[: len(data) // 3] + b"\x00" * 64):
         with pytest.raises(UnusableImage, match="truncated or corrupt|not an image"):
             check_image(broken, (64, 48))
+
+
+def test_one_kept_alive_connection_carries_every_answer_and_each_image_is_checked(sandbox):
+    client = Client(sandbox.endpoint, FAKE_KEY, pool_size=2)
+    for seed in range(100, 112):
+        generated = client.generate({**PARAMS, "seed": seed})
+        assert Image.open(io.BytesIO(generated.image)).size == (1024, 1024) and generated.cost > 0
+    for _ in range(3):  # an error answer's body is read too, so the connection stays usable
+        with pytest.raises(ItemRejected, match="seed"):
+            client.generate({**PARAMS, "seed": 1})
+    assert client.generate({**PARAMS, "seed": 200}).extension == "jpg"
+    stats = sandbox.stats()
+    assert stats["received"] == 16 and stats["billed"] == 13
+    pools = client._adapter.poolmanager.pools
+    assert sum(pools[key].num_connections for key in pools.keys()) == 1
+    assert FAKE_KEY not in repr(client)
+
+
+def test_the_generation_post_goes_through_the_proxy_the_environment_names(monkeypatch, sandbox):
+    # The sandbox stands in for the proxy: it gets the request, for a host that does not exist,
+    # in a proxy's absolute form, and answers 404. Without the proxy the name would not resolve.
+    monkeypatch.setenv("HTTP_PROXY", sandbox.url)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    client = Client("http://api.invalid/v1/ideogram-turbo-txt-2-img", FAKE_KEY, pool_size=1)
+    with pytest.raises(FatalApiError) as answered:
+        client.generate({**PARAMS, "seed": 100})
+    assert answered.value.http_status == 404
+    assert sandbox.stats()["requests"] == 1
+    monkeypatch.delenv("HTTP_PROXY")
+    direct = Client("http://api.invalid/v1/ideogram-turbo-txt-2-img", FAKE_KEY, pool_size=1)
+    with pytest.raises(Unreachable, match="does not resolve|no connection"):
+        direct.generate({**PARAMS, "seed": 100})

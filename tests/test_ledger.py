@@ -224,3 +224,129 @@ def test_a_resume_with_nothing_to_do_leaves_a_current_manifest_alone(tmp_path, s
     )
     summary = json.loads(status.stdout)
     assert summary["counts"]["succeeded"] == 2 and summary["items"] == 2 and summary["left"] == 0
+
+
+def test_the_fold_streamed_in_small_row_groups_keeps_exactly_the_rows_a_replay_gives(tmp_path, monkeypatch):
+    """manifest.parquet and metadata.jsonl, written a few rows at a time, say for every item what
+    the plain replay of the journal says; items the plan no longer has stay, as not in_plan."""
+    import pandas as pd
+
+    from batch_runner.job.items import Deduplicated
+    from batch_runner.job.manifest import load_job
+    from batch_runner.store import fold
+
+    job = load_job(manifest(tmp_path, [f"fold {i}" for i in range(40)], extra="  seed: [100, 101, 102]\n"))
+    items = list(Deduplicated(job.iter_items()))
+    out = OutputDir(tmp_path / "out")
+    out.path.mkdir()
+    journal = Journal(out.journal)
+    journal.run_started(job="fold", price_per_image=0.063)
+    for n, item in enumerate(items):
+        kind = n % 5  # 0 succeeded, 1 failed, 2 cut off mid-request, 3 a 500 then pending, 4 never sent
+        if kind == 4:
+            continue
+        journal.sent(item.item_id, 1, item.row())
+        if kind == 0:
+            journal.done(item.item_id, "succeeded", n=1, http_status=200, cost=0.063, latency=1.5,
+                         image_path=f"images/{item.item_id}.jpg", seed_value=n, request_id=f"r{n}")  # fmt: skip
+        elif kind == 1:
+            journal.done(item.item_id, "failed", error="rejected", http_status=400)
+        elif kind == 3:
+            journal.attempt(item.item_id, 1, 500, "HTTP 500", 0.0, True, 0.25)
+    for n in range(9):  # paid for by an earlier version of the job, gone from today's plan
+        journal.sent(f"{n:016x}", 1, {"prompt": f"dropped {n}", "seed": 200 + n})
+        journal.done(f"{n:016x}", "succeeded", n=1, cost=0.063, image_path=f"images/{n:016x}.jpg", seed_value=n)
+    journal.close()
+    ledger = ledger_module.load(out)
+
+    written = {}
+    for batch in (7, 100_000):
+        monkeypatch.setattr(fold, "_BATCH", batch)
+        rows = fold.write_manifest(out, iter(items), ledger, job.meta_columns)
+        written[batch] = (pd.read_parquet(out.manifest), out.metadata.read_text(encoding="utf-8"))
+        assert rows == len(items) + 9
+    (frame, lines), (whole, whole_lines) = written[7], written[100_000]
+    pd.testing.assert_frame_equal(frame, whole)
+    assert lines == whole_lines
+
+    truth = replay(out.journal).items
+    planned = {item.item_id: item for item in items}
+    assert frame.item_id.is_unique and set(frame.item_id) == set(planned) | set(truth)
+    for row in frame.itertuples():
+        state = truth.get(row.item_id)
+        assert row.in_plan == (row.item_id in planned)
+        assert row.status == (state.status if state else "pending")
+        assert row.attempts == (state.attempts if state else 0)
+        assert row.cost_usd == pytest.approx(state.cost_usd if state else 0.0)
+        assert row.unanswered == (state.unanswered if state else 0)
+        assert (None if pd.isna(row.image_path) else row.image_path) == (state.image_path if state else None)
+        assert (None if pd.isna(row.http_status) else row.http_status) == (state.http_status if state else None)
+        expected = planned[row.item_id].params if row.item_id in planned else state.row
+        assert (row.prompt, row.seed) == (expected["prompt"], expected["seed"])
+    finished = frame[(frame.status == "succeeded") & frame.image_path.notna()]
+    records = [json.loads(line) for line in lines.splitlines()]
+    assert [r["item_id"] for r in records] == list(finished.item_id)
+    assert all(r["file_name"] == truth[r["item_id"]].image_path for r in records)
+    assert all(r["text"] == r["prompt"] and r["seed_value"] == truth[r["item_id"]].seed_value for r in records)
+    assert len(records) == 24 + 9
+
+
+def test_taking_rows_a_batch_at_a_time_gives_what_arrow_take_gives():
+    import numpy as np
+    import pyarrow as pa
+
+    rng = np.random.default_rng(3)
+    sizes = [5, 1, 9, 4]
+    parts = [pa.table({"id": [f"{n}-{i}" for i in range(k)], "n": list(range(k))}) for n, k in enumerate(sizes)]
+    table = pa.concat_tables(parts)
+    assert len(table.to_batches()) == 4
+    picks = (np.arange(19), np.array([18, 0, 6, 5, 5, 17, 2]), rng.integers(0, 19, 40), np.array([], dtype=np.int64))
+    for rows in picks:
+        assert ledger_module._take(table, rows).to_pylist() == table.take(pa.array(rows, pa.int64())).to_pylist()
+
+
+def test_a_long_migration_checkpoints_as_it_goes_and_gives_the_replays_state(tmp_path, monkeypatch):
+    """An old output's whole journal, replayed in small chunks with checkpoints (and compactions)
+    along the way, ends in exactly the state a plain replay gives, read back from the files."""
+    monkeypatch.setattr(ledger_module, "_LINES_PER_CHUNK", 5)
+    monkeypatch.setattr(ledger_module, "_MERGE_AT", 7)
+    out = OutputDir(tmp_path)
+    journal = Journal(out.journal)
+    journal.run_started(job="old", price_per_image=0.063)
+    for i in range(300):
+        item = f"{(i * 7919) % 300:016x}"  # ids out of order, as hashes are
+        journal.sent(item, 1, {"prompt": f"p{i}", "seed": 100 + i})
+        if i % 4 == 0:
+            journal.attempt(item, 1, 500, "HTTP 500", 0.0, True, 0.5)
+            journal.sent(item, 2, None)
+        if i % 9:
+            journal.done(item, "succeeded", n=2 if i % 4 == 0 else 1, cost=0.063, image_path=f"images/{item}.jpg")
+    for i in range(0, 300, 11):  # later news for items already checkpointed
+        journal.done(f"{(i * 7919) % 300:016x}", "failed", error="rejected", http_status=400)
+    journal.close()
+    migrated = ledger_module.load(out, checkpoint_past=10)
+    assert len(ledger_module.segment_files(out)) >= 1 and migrated.replayed_lines > 600
+    _same(migrated, out.journal)  # the migrating object itself, its mapped pages released
+    again = ledger_module.load(out)
+    assert again.from_snapshot and again.replayed_lines == 0
+    _same(again, out.journal)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"e":"sent","id":"a","n":1}\n',
+        '{"e":"done","id":"é","status":"succeeded"}\n'.encode(),
+        b'\xef\xbb\xbf{"e":"sent","id":"bom","n":1}\n',  # a UTF-8 BOM: json.loads takes it
+        '{"e":"sent","id":"u16","n":1}\n'.encode("utf-16-le"),  # json.loads detects UTF-16
+        b'{"e":"sent","id":"\xff"}\n',
+        b"[1, 2]\n",
+        b'{"e":"sent","id":"a","n":1\n',
+    ],
+)
+def test_a_journal_line_means_to_the_ledger_what_it_means_to_the_replay(raw):
+    try:
+        expected = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        expected = None
+    assert ledger_module._parse(raw) == expected

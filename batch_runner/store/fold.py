@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from batch_runner.api import spec as api_spec
 from batch_runner.job.items import Item
-from batch_runner.store.journal import ItemState, Replay
+from batch_runner.store.journal import ItemState, ItemStatus, Replay
 from batch_runner.store.ledger import SCHEMA as LEDGER_SCHEMA
 from batch_runner.store.ledger import Ledger
 from batch_runner.store.ledger import load as load_ledger
@@ -38,7 +38,7 @@ STATE_FIELDS: list[tuple[str, pa.DataType]] = [
 ] + [("in_plan", pa.bool_())]
 STATE_COLUMNS = [name for name, _ in STATE_FIELDS]
 _PARAM_TYPES = {"seed": pa.int64()}
-_BATCH = 50_000
+_BATCH = 10_000  # plan items per chunk and Parquet row group: their objects are the fold's memory
 
 
 def schema(meta_columns: list[str]) -> pa.Schema:
@@ -51,6 +51,10 @@ def schema(meta_columns: list[str]) -> pa.Schema:
 
 def _timestamp(epoch: float | None) -> datetime | None:
     return datetime.fromtimestamp(epoch, timezone.utc) if epoch else None
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat(timespec="seconds").replace("+00:00", "Z") if moment else None
 
 
 def _row(base: dict[str, Any], state: ItemState | None, in_plan: bool, meta_columns: list[str]) -> dict[str, Any]:
@@ -82,13 +86,22 @@ def _row(base: dict[str, Any], state: ItemState | None, in_plan: bool, meta_colu
     return row
 
 
-def _metadata_line(row: dict[str, Any], meta_columns: list[str]) -> str:
-    # Hugging Face imagefolder: file_name relative to this file, then any columns.
-    record = {"file_name": row["image_path"], "item_id": row["item_id"], "text": row["prompt"]}
-    record.update({p: row[p] for p in api_spec.PARAMETERS})
-    record.update({m: row[m] for m in meta_columns})
-    record["seed_value"] = row["seed_value"]
-    return json.dumps(record, ensure_ascii=False) + "\n"
+_encode = json.JSONEncoder(ensure_ascii=False).encode
+
+
+def _metadata_lines(table: pa.Table, meta_columns: list[str]) -> str:
+    """metadata.jsonl's lines for the finished rows of a manifest chunk (Hugging Face
+    imagefolder: file_name relative to this file, then any columns). Only the columns a line
+    needs become Python objects; the state columns (timestamps above all) stay in Arrow."""
+    succeeded = pc.equal(table.column("status"), ItemStatus.SUCCEEDED.value)
+    done = pc.and_(succeeded, pc.is_valid(table.column("image_path"))).fill_null(False)
+    rows = table.filter(done)
+    if not len(rows):
+        return ""
+    keys = ["file_name", "item_id", "text", *api_spec.PARAMETERS, *meta_columns, "seed_value"]
+    sources = ["image_path", "item_id", "prompt", *api_spec.PARAMETERS, *meta_columns, "seed_value"]
+    columns = [rows.column(name).to_pylist() for name in sources]
+    return "".join(_encode(dict(zip(keys, values, strict=True))) + "\n" for values in zip(*columns, strict=True))
 
 
 def _param(value: Any) -> Any:
@@ -150,9 +163,8 @@ def write_manifest(
             nonlocal count
             writer.write_table(table)
             count += len(table)
-            done = pc.and_(pc.equal(table.column("status"), "succeeded"), pc.is_valid(table.column("image_path")))
-            for row in table.filter(done.fill_null(False)).to_pylist():
-                metadata.write(_metadata_line(row, meta_columns))
+            metadata.write(_metadata_lines(table, meta_columns))
+            journal.release_pages()  # the ledger's columns this chunk read: flat memory at any size
 
         chunk: list[Item] = []
         for item in items:
@@ -163,7 +175,12 @@ def write_manifest(
         if chunk:
             put(_plan_chunk(chunk, journal, meta_columns, table_schema, seen))
         # A result that was paid for stays on record even if the manifest dropped its item.
-        rows = [_row({**s.row, "item_id": i}, s, False, meta_columns) for i, s in journal.not_in(seen)]
+        rows: list[dict[str, Any]] = []
+        for item_id, state in journal.not_in(seen):
+            rows.append(_row({**state.row, "item_id": item_id}, state, False, meta_columns))
+            if len(rows) >= _BATCH:
+                put(pa.Table.from_pylist(rows, schema=table_schema))
+                rows = []
         if rows or count == 0:
             put(pa.Table.from_pylist(rows, schema=table_schema))
         metadata.flush()
@@ -214,20 +231,20 @@ def summarize(out: OutputDir, price_per_image: float | None = None) -> dict[str,
     the invoice can show."""
     journal = load_ledger(out)
     price = price_per_image or journal.price or api_spec.PRICE_PER_IMAGE
-    counts = {s: 0 for s in ("succeeded", "failed", "pending", "sent")}
+    counts = {s.value: 0 for s in (ItemStatus.SUCCEEDED, ItemStatus.FAILED, ItemStatus.PENDING, ItemStatus.SENT)}
     items = len(journal)
     # The manifest's rows the journal has no news of, plus every item the journal names:
     # counted column by column, never a row object per item.
     if out.manifest.exists():
         manifest = pq.read_table(out.manifest, columns=["item_id", "status"])
         unknown = journal.positions(manifest.column("item_id")) < 0
-        statuses = manifest.column("status").filter(pa.array(unknown)).fill_null("pending")
+        statuses = manifest.column("status").filter(pa.array(unknown)).fill_null(ItemStatus.PENDING.value)
         for entry in pc.value_counts(statuses).to_pylist():
             counts[str(entry["values"])] = counts.get(str(entry["values"]), 0) + int(entry["counts"])
         items += int(unknown.sum())
     for status, n in journal.status_counts().items():
         counts[status] = counts.get(status, 0) + n
-    left = counts["pending"] + counts["sent"]
+    left = counts[ItemStatus.PENDING.value] + counts[ItemStatus.SENT.value]
     runs = journal.runs
     return {
         "output": str(out.path),
@@ -241,9 +258,7 @@ def summarize(out: OutputDir, price_per_image: float | None = None) -> dict[str,
         "unanswered_attempts": journal.unanswered,
         "rate_limited": journal.rate_limited,
         "runs": len(runs),
-        "last_run_at": _timestamp(runs[-1].get("at")).isoformat(timespec="seconds").replace("+00:00", "Z")
-        if runs
-        else None,
+        "last_run_at": _iso(_timestamp(runs[-1].get("at"))) if runs else None,
         "sandbox": bool(runs and runs[-1].get("sandbox")),
         "torn_journal_lines": journal.torn_lines,
     }
