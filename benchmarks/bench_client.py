@@ -16,6 +16,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -25,8 +26,10 @@ from batch_runner.sandbox import Sandbox, SandboxConfig  # noqa: E402
 from benchmarks.bench_runner import KEY, write_job  # noqa: E402
 
 
-def cpu_of(args: list[str]) -> tuple[float, float, float, int]:
-    """(user CPU seconds, system CPU seconds, peak RSS MB, context switches) of one CLI run."""
+def cpu_of(args: list[str]) -> tuple[float, float, float, int, float]:
+    """(user CPU seconds, system CPU seconds, peak RSS MB, context switches, wall seconds) of one
+    CLI run."""
+    started = time.perf_counter()
     env = {**os.environ, "SEGMIND_API_KEY": KEY}
     proc = subprocess.Popen(
         [sys.executable, "-m", "batch_runner", *args], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
@@ -34,8 +37,9 @@ def cpu_of(args: list[str]) -> tuple[float, float, float, int]:
     )  # fmt: skip
     _, status, usage = os.wait4(proc.pid, 0)
     if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"run failed: {proc.stderr.read().decode()[-2000:]}")
-    return usage.ru_utime, usage.ru_stime, usage.ru_maxrss / 1024, usage.ru_nvcsw + usage.ru_nivcsw
+        raise SystemExit(f"run failed: {proc.stderr.read().decode()[-2000:] if proc.stderr else status}")
+    switches = usage.ru_nvcsw + usage.ru_nivcsw
+    return usage.ru_utime, usage.ru_stime, usage.ru_maxrss / 1024, switches, time.perf_counter() - started
 
 
 def main() -> None:
@@ -50,8 +54,8 @@ def main() -> None:
                 job = write_job(Path(tmp), args.items)
                 argv = ["run", str(job), "--output", f"{tmp}/out", "--endpoint", sandbox.endpoint,
                         "--progress", "quiet", "--concurrency", str(args.concurrency)]  # fmt: skip
-                user, system, rss, switches = cpu_of(argv)
-                idle_user, idle_system, _, idle_switches = cpu_of(argv)
+                user, system, rss, switches, wall = cpu_of(argv)
+                idle_user, idle_system, _, idle_switches, _ = cpu_of(argv)
                 sent = sandbox.stats()["received"]
         per_user = (user - idle_user) / sent * 1000
         per_system = (system - idle_system) / sent * 1000
@@ -59,7 +63,7 @@ def main() -> None:
             f"{sent} requests at concurrency {args.concurrency}: run {user + system:.2f} s CPU, "
             f"no-op {idle_user + idle_system:.2f} s; {per_user + per_system:.2f} ms CPU per request "
             f"({per_user:.2f} user + {per_system:.2f} system, {(switches - idle_switches) / sent:.1f} context "
-            f"switches); peak RSS {rss:.0f} MB",
+            f"switches); peak RSS {rss:.0f} MB; run wall {wall:.1f} s",
             flush=True,
         )
 

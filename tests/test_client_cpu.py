@@ -20,7 +20,8 @@ from batch_runner.api.client import (
     Watchdog,
     check_image,
 )
-from batch_runner.store.journal import Journal, replay
+from batch_runner.engine.pacing import Pacer
+from batch_runner.store.journal import GroupSync, Journal, replay
 from tests.helpers import FAKE_KEY
 
 PARAMS = {"prompt": "a fox", "resolution": "RESOLUTION_1024_1024", "magic_prompt_option": "OFF"}
@@ -41,6 +42,118 @@ def test_concurrent_writers_share_fsyncs_and_every_line_is_there(tmp_path):
     journal.close()
     assert len(replay(tmp_path / "journal.jsonl").items) == 400
     assert journal._sync.syncs <= 400  # never more than one per line; fewer when writers overlap
+
+
+def _writers_on_a_group_sync(sync_fails_on: set[int]) -> tuple[GroupSync, list[str], list[threading.Thread]]:
+    """8 writers x 100 writes on one GroupSync whose sync notes what it made durable: the writes
+    complete when it started. Each writer checks, once wait_for returns, that its write is."""
+    lock = threading.Lock()
+    count = {"written": 0, "durable": 0, "calls": 0}
+    problems: list[str] = []
+
+    def sync(_fd: int) -> None:
+        with lock:
+            count["calls"] += 1
+            call, covers = count["calls"], count["written"]
+        time.sleep(0.0005)  # a disk flush takes a while, so writers pile up behind it
+        if call in sync_fails_on:
+            raise OSError(5, "Input/output error")
+        with lock:
+            count["durable"] = max(count["durable"], covers)
+
+    group = GroupSync(-1, lambda: count["written"], sync)
+
+    def writer() -> None:
+        for _ in range(100):
+            with lock:
+                count["written"] += 1
+                mine = count["written"]
+            try:
+                group.wait_for(mine)
+            except OSError:
+                continue  # the caller's write failed: it is not claimed durable
+            with lock:
+                if count["durable"] < mine:
+                    problems.append(f"write {mine} returned before a sync covered it")
+
+    threads = [threading.Thread(target=writer) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    return group, problems, threads
+
+
+def test_group_sync_returns_each_writer_only_once_a_sync_begun_after_its_write_is_done():
+    group, problems, threads = _writers_on_a_group_sync(set())
+    assert not any(t.is_alive() for t in threads)
+    assert problems == []
+    assert group.syncs < 800  # writers that overlap share a sync
+
+
+def test_a_failed_sync_reaches_its_caller_and_the_waiting_writers_still_get_a_sync_of_their_own():
+    group, problems, threads = _writers_on_a_group_sync({3, 10, 11})
+    assert not any(t.is_alive() for t in threads)  # nobody is left parked after a failure
+    assert problems == []
+
+
+class _CountingCondition(threading.Condition):
+    waits = 0
+
+    def wait(self, timeout: float | None = None) -> bool:
+        type(self).waits += 1
+        return super().wait(timeout)
+
+
+def test_workers_waiting_for_the_pacer_clock_do_not_all_wake_for_every_send():
+    # 8 workers, 100 sends a second: before, each send woke every waiting worker (7.5 waits per
+    # send); now one worker watches the clock and hands it on (about 2).
+    pacer = Pacer(ceiling_rpm=6000, max_concurrency=32)
+    pacer._cond = _CountingCondition(pacer._lock)
+    stop = threading.Event()
+    sent: list[float] = []
+
+    def worker() -> None:
+        for _ in range(25):
+            with pacer.acquire(stop) as ticket:
+                sent.append(ticket.sent_at)
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert len(sent) == 200
+    sent.sort()
+    interval = 60 / (6000 * Pacer.CEILING_MARGIN)
+    gaps = [b - a for a, b in zip(sent, sent[1:], strict=False)]
+    assert min(gaps) >= interval * (1 - Pacer.CATCH_UP) - 1e-6  # still paced
+    assert _CountingCondition.waits <= 4 * len(sent)
+
+
+def test_a_stop_wakes_workers_parked_behind_the_clock_watcher():
+    pacer = Pacer(ceiling_rpm=1, max_concurrency=32)  # one send a minute: the rest wait
+    stop = threading.Event()
+    outcomes: list[str] = []
+
+    def worker() -> None:
+        try:
+            with pacer.acquire(stop):
+                outcomes.append("sent")
+        except Exception as exc:  # noqa: BLE001 - the outcome is what is checked
+            outcomes.append(type(exc).__name__)
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    while pacer.counts["sent"] < 1:
+        time.sleep(0.01)
+    time.sleep(0.3)  # the others are parked now
+    stop.set()
+    pacer.wake()
+    for t in threads:
+        t.join(timeout=60)
+    assert sorted(outcomes) == ["Stopping", "Stopping", "Stopping", "sent"]
 
 
 def test_one_watchdog_fires_due_callbacks_in_order_and_never_a_cancelled_one():

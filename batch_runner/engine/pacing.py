@@ -187,6 +187,8 @@ class Pacer:
         self._rng = rng or random.Random()
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
+        self._timing = False  # a worker in acquire() is waiting for the clock (see _wait)
+        self._handing_on = False  # a watcher that got its ticket has woken a worker to take over
 
         # Rates are kept in requests per second; the API speaks RPM.
         self._cap = ceiling_rpm / 60 * self.CEILING_MARGIN if ceiling_rpm else math.inf
@@ -270,21 +272,57 @@ class Pacer:
         """Block until this worker may send. Raises Stopping once `stop` is set, and GiveUp
         once the pacer has given up."""
         with self._cond:
-            while True:
-                if stop.is_set():
-                    raise Stopping()
-                got = self._try_acquire(self._clock())
-                if isinstance(got, Ticket):
-                    return got
-                delay = min(got, self.POLL_S)
-                if self._sleep is None:
-                    self._cond.wait(delay)
-                else:
+            timing = False  # this worker is the one waiting for the clock (the next send time)
+            try:
+                while True:
+                    if stop.is_set():
+                        raise Stopping()
+                    got = self._try_acquire(self._clock())
+                    if isinstance(got, Ticket):
+                        return got
+                    if self._sleep is None:
+                        timing = self._wait(got, timing)
+                        continue
+                    delay = min(got, self.POLL_S)
                     self._cond.release()
                     try:
                         self._sleep(delay)
                     finally:
                         self._cond.acquire()
+            finally:
+                if timing:
+                    # Hand the clock on: one parked worker takes the next send time.
+                    self._timing = False
+                    self._handing_on = True  # a release right after this need not wake another
+                    self._cond.notify()
+
+    def _wait(self, got: float, timing: bool) -> bool:
+        """Under the lock: wait on the condition; True while this worker is the clock watcher.
+        Only one worker sleeps until the next send time; the others park until it hands the
+        clock on (or a release or an outcome wakes one), else each send would wake the whole
+        pool to find one slot, several context switches per request."""
+        if got < math.inf and (timing or not self._timing):
+            self._timing = timing = True
+            self._cond.wait(min(got, self.POLL_S))
+            self._handing_on = False
+            return True
+        if timing:  # waiting for a release now, not the clock: let another worker watch it
+            self._timing = False
+        self._cond.wait(self.POLL_S)  # still looks at `stop` and giving up now and then
+        self._handing_on = False
+        return False
+
+    def _wake_for_slots(self) -> None:
+        """Under the lock, after a release or an outcome: wake as many workers as may send now,
+        or, when the clock is what they wait for, one to watch it if nobody does."""
+        now = self._clock()
+        if now < self._tat or now < self._pause_until:
+            if not (self._timing or self._handing_on):
+                self._cond.notify()
+            return
+        free = self._window(now) - len(self._in_flight)
+        if free > 0:
+            self._cond.notify(free)
 
     def try_acquire(self) -> Ticket | float:
         """A ticket, or how long to wait before asking again (math.inf: until a release).
@@ -399,7 +437,7 @@ class Pacer:
                 return
             ticket.released = True
             self._in_flight.pop(ticket.serial, None)
-            self._cond.notify_all()
+            self._wake_for_slots()
 
     def _succeeded(self, ticket: Ticket, latency_s: float | None) -> None:
         with self._cond:
@@ -414,7 +452,7 @@ class Pacer:
             self._limited_since = None
             self._reachable()
             self.counts["succeeded"] += 1
-            self._cond.notify_all()
+            self._wake_for_slots()
 
     def _answered(self) -> None:
         with self._cond:

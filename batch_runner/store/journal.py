@@ -103,36 +103,80 @@ class Replay:
         return latest_price(self.runs)
 
 
+class _Waiter:
+    """A writer parked until a sync covers its write, or until it is handed the next sync."""
+
+    __slots__ = ("n", "gate", "lead")
+
+    def __init__(self, n: int):
+        self.n = n
+        self.gate = threading.Lock()
+        self.gate.acquire()  # released once, by the syncer that covers or chooses this writer
+        self.lead = False
+
+
 class GroupSync:
     """One fdatasync for every writer waiting: `wait_for(n)` returns once a sync that started
-    after write number n finished. `written()` says how many writes have completed."""
+    after write number n finished. `written()` says how many writes have completed.
+
+    Each sync wakes only the writers it covers, plus the first one it does not cover, which runs
+    the next sync: waking every waiter after each sync (a Condition's notify_all) cost each
+    writer several context switches for nothing at concurrency 16."""
 
     def __init__(self, fd: int, written: Any, sync: Any = os.fdatasync):
         self._fd = fd
         self._fsync = sync
         self._written = written
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
+        self._waiters: list[_Waiter] = []  # in write order: n only grows
         self._synced = 0
         self._syncing = False
         self.syncs = 0
 
     def wait_for(self, n: int) -> None:
-        with self._cond:
-            while self._synced < n:
-                if self._syncing:
-                    self._cond.wait()
-                    continue
+        with self._lock:
+            if self._synced >= n:
+                return
+            if self._syncing:
+                waiter = _Waiter(n)
+                self._waiters.append(waiter)
+            else:
                 self._syncing = True
-                target = self._written()  # every write up to here is complete, and >= n
-                self._cond.release()
-                try:
-                    self._fsync(self._fd)
-                    self.syncs += 1
-                finally:
-                    self._cond.acquire()
-                    self._syncing = False
-                    self._cond.notify_all()
-                self._synced = max(self._synced, target)
+                waiter = None
+        if waiter is not None:
+            waiter.gate.acquire()  # covered by a sync, or handed the next one
+            if not waiter.lead:
+                return
+        self._lead()
+
+    def _lead(self) -> None:
+        """Run one sync, then release the writers it covers and hand the next sync on."""
+        target = self._written()  # every write up to here is complete, and >= the leader's own
+        try:
+            self._fsync(self._fd)
+        except BaseException:
+            with self._lock:
+                self._hand_on([])  # a waiter retries the sync itself, and meets its own error
+            raise
+        with self._lock:
+            self.syncs += 1
+            self._synced = max(self._synced, target)
+            covered = 0
+            while covered < len(self._waiters) and self._waiters[covered].n <= self._synced:
+                covered += 1
+            released, self._waiters = self._waiters[:covered], self._waiters[covered:]
+            self._hand_on(released)
+
+    def _hand_on(self, released: list[_Waiter]) -> None:
+        """Under the lock: wake the covered writers, and make the first uncovered one the syncer."""
+        if self._waiters:
+            heir = self._waiters.pop(0)
+            heir.lead = True
+            released.append(heir)
+        else:
+            self._syncing = False
+        for waiter in released:
+            waiter.gate.release()
 
 
 def latest_price(runs: list[dict[str, Any]]) -> float | None:
