@@ -368,23 +368,9 @@ class AsyncPool:
         try:
             submitted = self.client.submit(job.item.params)
         except ApiError as exc:
-            latency = time.monotonic() - started
-            possibly = reserved if exc.possibly_billed else 0.0
-            r.budget.settle(reserved, exc.cost if exc.answered else possibly)
-            r.tally.add(in_flight=-1, spent=exc.cost, possibly_billed=possibly, unanswered=int(exc.possibly_billed))
             if exc.possibly_billed:
                 self.counts["lost_submits"] += 1
-            r.journal.attempt(
-                job.item.item_id, job.attempts, exc.http_status, exc.message, exc.cost, exc.answered, latency,
-                exc.reached,
-            )  # fmt: skip
-            if isinstance(exc, RateLimited):
-                ticket.rate_limited(exc.retry_at)
-                r.tally.add(rate_limited=1)
-            elif isinstance(exc, Unreachable):
-                ticket.unreachable(exc.message)
-            elif exc.answered:
-                ticket.answered()
+            r._book_failed_attempt(job.item.item_id, job.attempts, exc, reserved, started, ticket)
             raise
         except BaseException:
             r.budget.settle(reserved, reserved)  # a bug, not an answer: it stays possibly billed

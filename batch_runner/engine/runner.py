@@ -612,23 +612,7 @@ class Runner:
         try:
             generated = self.client.generate(item.params)
         except ApiError as exc:
-            latency = time.monotonic() - started
-            # An attempt with no status line may still have been billed: it counts against the
-            # budget and in the ledger as possibly billed, for good. One that provably never
-            # left (no connection) costs nothing.
-            possibly = reserved if exc.possibly_billed else 0.0
-            self.budget.settle(reserved, exc.cost if exc.answered else possibly)
-            self.tally.add(in_flight=-1, spent=exc.cost, possibly_billed=possibly, unanswered=int(exc.possibly_billed))
-            self.journal.attempt(
-                item.item_id, attempt, exc.http_status, exc.message, exc.cost, exc.answered, latency, exc.reached
-            )
-            if isinstance(exc, RateLimited):
-                ticket.rate_limited(exc.retry_at)
-                self.tally.add(rate_limited=1)
-            elif isinstance(exc, Unreachable):
-                ticket.unreachable(exc.message)
-            elif exc.answered:
-                ticket.answered()
+            self._book_failed_attempt(item.item_id, attempt, exc, reserved, started, ticket)
             raise
         except BaseException:
             # A bug, not an answer: the request may have gone out, so it stays possibly billed
@@ -641,6 +625,28 @@ class Runner:
         ticket.succeeded(latency)
         self.tally.add(in_flight=-1, spent=generated.cost)
         return generated, attempt, latency
+
+    def _book_failed_attempt(
+        self, item_id: str, attempt: int, exc: ApiError, reserved: float, started: float, ticket: Any
+    ) -> None:
+        """An attempt (a v1 request or a v2 submit) that got an error or no answer: settle its
+        budget reservation, count it, journal it, and tell the pacer what the server said.
+        One with no status line may still have been billed: it counts against the budget and in
+        the ledger as possibly billed, for good. One that provably never left costs nothing."""
+        latency = time.monotonic() - started
+        possibly = reserved if exc.possibly_billed else 0.0
+        self.budget.settle(reserved, exc.cost if exc.answered else possibly)
+        self.tally.add(in_flight=-1, spent=exc.cost, possibly_billed=possibly, unanswered=int(exc.possibly_billed))
+        self.journal.attempt(
+            item_id, attempt, exc.http_status, exc.message, exc.cost, exc.answered, latency, exc.reached
+        )
+        if isinstance(exc, RateLimited):
+            ticket.rate_limited(exc.retry_at)
+            self.tally.add(rate_limited=1)
+        elif isinstance(exc, Unreachable):
+            ticket.unreachable(exc.message)
+        elif exc.answered:
+            ticket.answered()
 
     def _succeed(self, item: Item, generated: Generated, attempt: int, latency: float) -> None:
         # The image carries its own recipe, and is durable on disk before the journal calls
