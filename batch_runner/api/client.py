@@ -544,9 +544,7 @@ class Client:
         cost = _float(response.headers.get("x-cost"))
         return self.price_per_image if cost is None else cost
 
-    def _read(
-        self, response: Response, deadline: float, billed: float, limit: int, truncate: bool = False
-    ) -> bytes:
+    def _read(self, response: Response, deadline: float, billed: float, limit: int, truncate: bool = False) -> bytes:
         """The body (decoded), within the overall deadline and at most `limit` bytes.
 
         A read timeout bounds each socket read, not the body: a server trickling a byte at a

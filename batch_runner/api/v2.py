@@ -255,4 +255,3 @@ class V2Client(Client):
             request_id=request_id,
             generation_time_s=completed.duration_s,
         )
-

@@ -355,15 +355,9 @@ class AsyncPool:
         """One submit, on the books like a v1 request: reserved, journaled as sent before it
         goes out, and its answer (the request id) journaled before anything else is done."""
         r = self.runner
-        reserved = r.budget.reserve()
-        try:
-            job.attempts += 1
-            r.journal.sent(job.item.item_id, job.attempts, job.row)
-        except BaseException:
-            r.budget.settle(reserved, 0.0)  # not sent: the journal line could not be written
-            raise
+        job.attempts += 1
+        reserved = r._open_attempt(job.item.item_id, job.attempts, job.row)
         job.row = None
-        r.tally.add(in_flight=1)
         started = time.monotonic()
         try:
             submitted = self.client.submit(job.item.params)

@@ -598,16 +598,10 @@ class Runner:
             return self._send(item, progress, ticket)
 
     def _send(self, item: Item, progress: _ItemProgress, ticket: Any) -> tuple[Generated, int, float]:
-        reserved = self.budget.reserve()
-        try:
-            progress.attempts += 1
-            attempt = progress.attempts
-            self.journal.sent(item.item_id, attempt, progress.row)
-        except BaseException:
-            self.budget.settle(reserved, 0.0)  # not sent: the journal line could not be written
-            raise
+        progress.attempts += 1
+        attempt = progress.attempts
+        reserved = self._open_attempt(item.item_id, attempt, progress.row)
         progress.row = None
-        self.tally.add(in_flight=1)
         started = time.monotonic()
         try:
             generated = self.client.generate(item.params)
@@ -625,6 +619,19 @@ class Runner:
         ticket.succeeded(latency)
         self.tally.add(in_flight=-1, spent=generated.cost)
         return generated, attempt, latency
+
+    def _open_attempt(self, item_id: str, attempt: int, row: dict[str, Any] | None) -> float:
+        """Before a request (a v1 request or a v2 submit) leaves: reserve its price, then make
+        its `sent` line durable. Returns the reservation. If the line cannot be written, nothing
+        is sent and the reservation is given back."""
+        reserved = self.budget.reserve()
+        try:
+            self.journal.sent(item_id, attempt, row)
+        except BaseException:
+            self.budget.settle(reserved, 0.0)
+            raise
+        self.tally.add(in_flight=1)
+        return reserved
 
     def _book_failed_attempt(
         self, item_id: str, attempt: int, exc: ApiError, reserved: float, started: float, ticket: Any
