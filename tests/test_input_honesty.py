@@ -191,10 +191,13 @@ def test_csv_value_file_errors_name_the_value_file(write):
     rejected(run_cli("plan", str(path), timeout=FAST), "values.csv:3: a quoted cell starts on this line")
 
 
-def test_pipes_split_cells_and_backslashes_are_kept(write, tmp_path):
-    path = write("pipes.csv", 'prompt,seed,note\n"a \\| b",100,x \\| y\nC:\\path\\n \\ end,101,\nred|blue,102,\n')
+def test_prompts_are_never_split_and_backslashes_are_kept(write, tmp_path):
+    # Issue 19: a '|' splits only a parameter cell of names or numbers (seed here), never a
+    # prompt, which is sent exactly as written.
+    path = write("pipes.csv", 'prompt,seed,note\n"a \\| b",100,x \\| y\nC:\\path\\n \\ end,101,\nred|blue,102|103,\n')
     items = planned_items(path, tmp_path)
-    assert [i["prompt"] for i in items] == ["a | b", "C:\\path\\n \\ end", "red", "blue"]
+    assert [i["prompt"] for i in items] == ["a \\| b", "C:\\path\\n \\ end", "red|blue", "red|blue"]
+    assert [i["seed"] for i in items] == [100, 101, 102, 103]
     assert items[0]["note"] == "x \\| y"  # metadata is never split: kept as written
 
 
@@ -312,12 +315,16 @@ def test_a_grid_too_large_is_refused_before_expanding(write):
 
 
 def test_csv_rows_too_many_items_are_refused(write):
-    letters = "|".join("abcdefghijklmnopqrstuvwxyz")
-    path = write("big.csv", f"prompt,seed\na,100\nb,100-199\n{letters},100-999999\n")
+    # A prompt cell no longer splits (issue 19), so the row's grid is styles × seeds.
+    styles = "|".join(("GENERAL", "REALISTIC", "DESIGN", "RENDER_3D", "ANIME"))
+    path = write(
+        "big.csv",
+        f"prompt,style_type,seed\na,,100\nb,,100-199\nc,{styles},100-999999\nd,{styles},100-999999\ne,{styles},100-999999\n",
+    )
     rejected(
         run_cli("plan", str(path), timeout=FAST),
-        "big.csv:4: the rows up to this one expand to 25,997,501 items, more than the 10,000,000",
-        "(this row: 25,997,400 = prompt 26 × seed 999,900)",
+        "big.csv:6: the rows up to this one expand to 14,998,601 items, more than the 10,000,000",
+        "(this row: 4,999,500 = style_type 5 × seed 999,900)",
     )
 
 

@@ -186,9 +186,10 @@ def test_tsv_delimiter_is_detected_in_a_csv_named_file(write):
     assert item.params == {"prompt": "a, b and c", "seed": 100}
 
 
-def test_escaped_pipe_is_a_literal(write):
-    path = write("p.csv", "prompt\na \\| b\n")
-    assert [i.params["prompt"] for i in items_of(path)] == ["a | b"]
+def test_a_prompt_cell_is_sent_as_written_pipes_and_backslashes_included(write):
+    # Issue 19: a '|' in a pasted prompt is text, not syntax ('\\|' was the old escape for it).
+    path = write("p.csv", "prompt\na \\| b\nSALT | PEPPER\n")
+    assert [i.params["prompt"] for i in items_of(path)] == ["a \\| b", "SALT | PEPPER"]
 
 
 def test_every_problem_is_reported_at_once_with_lines_and_fixes(write):

@@ -69,12 +69,21 @@ class Job:
     param_columns: list[str]
     meta_columns: list[str]
     axes: list[Axis]
-    blocks: list[Block]
+    # Iterated again each time the items are expanded: a list, or a CSV file's rows read afresh.
+    blocks: Iterable[Block]
     # Metadata columns renamed because they clash with a request parameter or an output column.
     renamed: dict[str, str] = field(default_factory=dict)
+    expanded: int | None = None  # the item count, when the blocks are not a list to count
+    # For plan: how each header cell is used ((cell, use)), the rows a cell expanded, and notes
+    # on how the file was read.
+    column_use: list[tuple[str, str]] = field(default_factory=list)
+    expansions: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     def expanded_count(self) -> int:
         """Items before duplicates are dropped, without expanding anything."""
+        if self.expanded is not None:
+            return self.expanded
         return sum(block.size() for block in self.blocks)
 
     def iter_items(self) -> Iterator[Item]:

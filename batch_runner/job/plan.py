@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +32,28 @@ class Plan:
 
     @property
     def estimated_seconds(self) -> float:
+        """At --rpm when it is known, else at the fastest plan (the range is estimated_range)."""
         return estimate_seconds(self.items, self.settings)
+
+    @property
+    def estimated_range(self) -> tuple[float, float]:
+        """(fastest, slowest): at the key's --rpm, or across the plans' 5 to 1000 RPM when unknown."""
+        if self.settings.rpm:
+            seconds = estimate_seconds(self.items, self.settings)
+            return seconds, seconds
+        fastest, slowest = max(PLAN_RPMS), min(PLAN_RPMS)
+        return (
+            estimate_seconds(self.items, self.settings, rpm=fastest),
+            estimate_seconds(self.items, self.settings, rpm=slowest),
+        )
+
+    @property
+    def items_in_budget(self) -> int | None:
+        """How many items max_cost pays for at the price per image, when that is fewer than all."""
+        if self.settings.max_cost is None:
+            return None
+        fit = math.floor(self.settings.max_cost / self.settings.price_per_image + 1e-9)
+        return fit if fit < self.items else None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -48,9 +70,16 @@ class Plan:
             "price_per_image": self.settings.price_per_image,
             "estimated_cost_usd": round(self.estimated_cost, 6),
             "estimated_duration_s": round(self.estimated_seconds, 1),
+            "estimated_duration_range_s": [round(s, 1) for s in self.estimated_range],
+            "rate_limit_known": self.settings.rpm is not None,
+            "latency_s": api_spec.TYPICAL_LATENCY_S,
             "concurrency": self.settings.concurrency,
             "rpm": self.settings.rpm,
             "max_cost": self.settings.max_cost,
+            "items_in_budget": self.items_in_budget,
+            "columns": {cell: use for cell, use in self.job.column_use},
+            "expanded_rows": list(self.job.expansions),
+            "notes": list(self.job.notes),
             "first_items": [item.row() for item in self.first],
         }
 
@@ -59,12 +88,35 @@ def _jsonable(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
 
 
-def estimate_seconds(items: int, settings: Settings, latency_s: float = api_spec.TYPICAL_LATENCY_S) -> float:
-    """Time for items requests: the pool's pace, or the rate limit when that is slower."""
-    per_second = settings.concurrency / latency_s
-    if settings.rpm:
-        per_second = min(per_second, settings.rpm / 60)
-    return items / per_second
+# The per-minute limits Segmind's plans are listed with (docs/segmind-ideogram-turbo-api.md).
+PLAN_RPMS = (5, 50, 60, 120, 500, 1000)
+
+
+def estimate_seconds(
+    items: int, settings: Settings, latency_s: float = api_spec.TYPICAL_LATENCY_S, rpm: float | None = None
+) -> float:
+    """Wall time for items requests, by the pacer's model (Little's law): sends go out at the rate
+    limit, at most `concurrency` are in flight, and each takes latency_s to come back. So the
+    last answer comes one latency after the last send, and never sooner than the rounds of
+    `concurrency` requests allow. rpm overrides settings.rpm; with neither, the fastest plan."""
+    if items <= 0:
+        return 0.0
+    rate_rpm = rpm or settings.rpm or max(PLAN_RPMS)
+    paced = (items - 1) * 60 / rate_rpm + latency_s
+    rounds = math.ceil(items / settings.concurrency) * latency_s
+    return max(paced, rounds)
+
+
+def timeout_warning(timeout_s: float, per_image_s: float = api_spec.TYPICAL_LATENCY_S) -> str | None:
+    """A warning when --timeout is shorter than the endpoint takes to make an image: each
+    attempt would give up before its answer, and each may still be billed."""
+    if timeout_s >= per_image_s:
+        return None
+    return (
+        f"--timeout {timeout_s:g} s is shorter than the ~{per_image_s:g} s an image takes at this endpoint, so "
+        f"attempts may give up before their answer and still be billed; use --timeout {math.ceil(per_image_s * 3)} "
+        "or more (the default is 120)"
+    )
 
 
 def build_plan(job: Job, settings: Settings, on_item: Callable[[Item], None] | None = None, first: int = 5) -> Plan:

@@ -29,10 +29,28 @@ class Reader:
         """Validate one value and return it in request form; report a problem if invalid."""
         if name == "color_palette" and isinstance(value, str) and value in api_spec.PALETTE_PRESETS:
             value = {"name": value}
-        problem = api_spec.check_param(name, value)
-        if problem:
+        for problem in self.value_problems(name, value):
             self.problem(line, problem, file)
         return _plain(value)
+
+    def value_problems(self, name: str, value: Any) -> list[str]:
+        """Every problem with one value: a palette's bad members all at once, not the first."""
+        if name == "color_palette" and isinstance(value, dict) and set(value) == {"members"}:
+            return palette_member_problems(value["members"])
+        problem = api_spec.check_param(name, value)
+        return [problem] if problem else []
+
+
+def palette_member_problems(members: Any) -> list[str]:
+    """A problem for each bad member of a custom palette, numbered as written."""
+    whole = api_spec.check_color_palette({"members": members})
+    if whole is None or not isinstance(members, list) or not 1 <= len(members) <= api_spec.PALETTE_MAX_MEMBERS:
+        return [whole] if whole else []
+    problems = []
+    for number, member in enumerate(members, start=1):
+        if problem := api_spec.check_color_palette({"members": [member]}):
+            problems.append(problem.replace("color_palette member 1", f"color_palette member {number}", 1))
+    return problems
 
 
 def _plain(value: Any) -> Any:

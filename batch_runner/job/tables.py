@@ -2,8 +2,9 @@
 
 A .tsv file is IANA text/tab-separated-values: no quoting at all, every cell exactly as written,
 so a prompt may begin with a quote. Any other table is CSV as in RFC 4180, with commas (or tabs,
-when the header has more tabs than commas): a cell that starts with a quote ends at the next
-lone quote, and "" inside it is one quote. A quote anywhere else is an ordinary character.
+or semicolons as European spreadsheets save CSV, when the header has more of them than commas):
+a cell that starts with a quote ends at the next lone quote, and "" inside it is one quote. A
+quote anywhere else is an ordinary character.
 """
 
 from __future__ import annotations
@@ -129,13 +130,28 @@ class Table:
 
     def full_rows(self, problems: list[Problem]) -> Iterator[tuple[int, list[str]]]:
         """rows(), each with a cell for every column (a short row's missing cells are empty); a row
-        with more cells than the header is left out and its problem added to problems."""
+        with more cells than the header is left out and its problem added to problems.
+
+        A column with no name in the header would lose its values without a word: the first row
+        that has a value there is a problem naming the column's number. (A nameless column that
+        stays empty, such as a spreadsheet's trailing delimiter, loses nothing.)"""
         width = len(self.names)
+        unnamed = {i for i, name in enumerate(self.names) if not name}
         for line, cells in self.rows():
             if problem := self._width_problem(cells):
                 problems.append(Problem(self.shown, line, problem))
                 continue
+            for i in [i for i in unnamed if i < len(cells) and cells[i].strip()]:
+                unnamed.discard(i)
+                problems.append(Problem(self.shown, line, self._unnamed_problem(i, cells[i])))
             yield line, cells + [""] * (width - len(cells))
+
+    def _unnamed_problem(self, index: int, cell: str) -> str:
+        return (
+            f"column {index + 1} has no name in the header (line 1), but this row has a value in it "
+            f"({humanize.clip(cell, 30)!r}), which would be dropped; name the column in the header "
+            f"(e.g. meta_column{index + 1} to keep it as metadata), or delete the column"
+        )
 
     def _width_problem(self, cells: list[str]) -> str | None:
         if len(cells) <= len(self.names):
@@ -165,7 +181,7 @@ def read_table(path: Path, shown: str, text: str) -> Table | None:
         records = _tsv_records(text)
     else:
         header = LINE_END.split(text, maxsplit=1)[0]
-        delimiter = "\t" if header.count("\t") > header.count(",") else ","
+        delimiter = max(",\t;", key=header.count)  # the first, a comma, on a tie
         records = _csv_records(text, delimiter)
     try:
         first = next(records, None)

@@ -164,8 +164,43 @@ def load(text: str, shown: str) -> tuple[Any, list[tuple[Any, int]]]:
         else:
             line = None
         what = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        if hex_line := _commented_colour(text):
+            number, colour = hex_line
+            raise ManifestError(
+                [
+                    Problem(
+                        shown,
+                        number,
+                        f"broken YAML: an unquoted {colour} starts a comment, which cuts the line short; "
+                        f'quote the colour: "{colour}"',
+                    )
+                ]
+            )
+        if line is not None:
+            line = min(line, max(1, len(text.splitlines())))  # the end of the stream is the last line
         raise ManifestError([Problem(shown, line, f"broken YAML: {what}; check indentation and quoting")])
     return doc, loader.duplicate_keys
+
+
+# A '#' after a space or a flow indicator starts a comment in YAML: 'color_hex: #FF8800' or
+# '[#FF8800]' loses the colour, and in a flow mapping the rest of the line with it.
+_COMMENTED_COLOUR = re.compile(r"(?:^|[\s\[{,])(#[0-9A-Fa-f]{3}(?:[0-9A-Fa-f]{3})?)\b")
+
+
+def commented_colours(text: str) -> dict[int, str]:
+    """{line: colour} for each unquoted '#hex' colour, which YAML reads as a comment."""
+    found = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        code = line.split("#", 1)
+        if len(code) == 1 or code[0].count('"') % 2 or code[0].count("'") % 2:
+            continue  # no '#', or one inside quotes
+        if match := _COMMENTED_COLOUR.search(line, len(code[0]) - 1 if code[0] else 0):
+            found[number] = match[1]
+    return found
+
+
+def _commented_colour(text: str) -> tuple[int, str] | None:
+    return next(iter(commented_colours(text).items()), None)
 
 
 def _yaml_position(loader: yaml.SafeLoader | None) -> int | None:

@@ -3,6 +3,7 @@ named by its line."""
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Iterator
@@ -13,7 +14,7 @@ from batch_runner.api import spec as api_spec
 from batch_runner.errors import ManifestError, Problem
 from batch_runner.job import yaml_lines
 from batch_runner.job.blocks import MAX_ITEMS, Axis, Block, Job, Point, too_many_items
-from batch_runner.job.columns import column_renames
+from batch_runner.job.columns import column_renames, near_parameter, parameter_named
 from batch_runner.job.reader import Reader
 from batch_runner.job.seeds import seed_axis
 from batch_runner.job.templates import Template, parse_prompt, unknown_fields
@@ -41,7 +42,7 @@ class YamlManifest(Reader):
         unknown = [k for k in doc if k not in TOP_LEVEL_KEYS]
         for key in unknown:
             hint = api_spec.suggest(key, TOP_LEVEL_KEYS)
-            if key in api_spec.PARAMETERS:
+            if parameter_named(key) or near_parameter(key):
                 fix = f"API parameters go under defaults: or grid:, e.g. 'defaults: {{{key}: ...}}'"
             else:
                 fix = f"did you mean {hint}?" if hint else "known keys are " + ", ".join(TOP_LEVEL_KEYS)
@@ -89,6 +90,49 @@ class YamlManifest(Reader):
             blocks=[Block(base=base, dims=dims, where=self.shown, renames=renames)],
             renamed=renames,
         )
+
+    def _parameter(self, key: Any, raw: Any, line: int | None) -> str | None:
+        """The API parameter a defaults:/grid:/zip: key names (by columns.py's rule, as a CSV
+        header is read), or None after reporting why it names none."""
+        if parameter := parameter_named(key):
+            return parameter
+        if meant := near_parameter(key):
+            self.problem(line, f"unknown parameter {key!r}; did you mean {meant}?")
+        else:
+            self.problem(line, api_spec.check_param(str(key), raw) or "")
+        return None
+
+    def check_point(self, name: str, value: Any, line: int | None, file: str | None = None) -> Any:
+        # A value YAML itself changed (ON read as true, a prompt with ': ' read as a mapping) is
+        # reported with the quoting that keeps it as written; values from files are plain text.
+        if file is None and (trap := _yaml_trap(name, value)):
+            self.problem(line, trap)
+            return value
+        if file is None and name == "color_palette" and (lost := self._lost_colours(value)):
+            for member_line, problem in lost:
+                self.problem(member_line or line, problem)
+            return value
+        return super().check_point(name, value, line, file)
+
+    def _lost_colours(self, palette: Any) -> list[tuple[int | None, str]]:
+        """A problem for each palette member whose unquoted '#hex' YAML read as a comment."""
+        members = palette.get("members") if isinstance(palette, dict) else None
+        if not isinstance(members, list):
+            return []
+        comments = yaml_lines.commented_colours(self.text)
+        lost = []
+        for number, member in enumerate(members, start=1):
+            if isinstance(member, dict) and "color_hex" in member and member["color_hex"] is None:
+                member_line = line_of(member, "color_hex")
+                colour = comments.get(member_line or 0, "#RRGGBB")
+                lost.append(
+                    (
+                        member_line,
+                        f"color_palette member {number} color_hex: an unquoted {colour} starts a YAML comment, "
+                        f'so the colour is lost; quote it: color_hex: "{colour}"',
+                    )
+                )
+        return lost
 
     def _note_axis(self, name: str, points: list[Point]) -> None:
         sample = [_axis_label(p) for p in points[:6]]
@@ -149,10 +193,10 @@ class YamlManifest(Reader):
             self.problem(line_of(doc, "defaults"), "defaults must be a mapping of API parameters to one value each")
             return {}
         base = {}
-        for key, value in defaults.items():
-            line = line_of(defaults, key)
-            if key not in api_spec.PARAMETERS:
-                self.problem(line, api_spec.check_param(str(key), value) or "")
+        for written, value in defaults.items():
+            line = line_of(defaults, written)
+            key = self._parameter(written, value, line)
+            if key is None:
                 continue
             if isinstance(value, list) and key != "color_palette":
                 self.problem(line, f"defaults.{key} is a list; a list of values is an axis: move it under grid:")
@@ -168,17 +212,18 @@ class YamlManifest(Reader):
         if not isinstance(grid, dict):
             self.problem(line_of(doc, "grid"), "grid must be a mapping from API parameter to a list of values")
             return
-        for key, raw in grid.items():
-            line = line_of(grid, key)
-            if key not in api_spec.PARAMETERS:
-                self.problem(line, api_spec.check_param(str(key), raw) or "")
+        for written, raw in grid.items():
+            line = line_of(grid, written)
+            key = self._parameter(written, raw, line)
+            if key is None:
                 continue
             if key in base:
                 self.problem(line, f"{key} is both in defaults: and grid:; remove it from one of them")
+                self._values(key, raw, grid, written)  # its values' own problems are reported too
                 continue
             self.axis_params.append(key)
             reported = len(self.problems)
-            points = [Point({key: v}, meta) for v, meta in self._values(key, raw, grid, key)]
+            points = [Point({key: v}, meta) for v, meta in self._values(key, raw, grid, written)]
             if not points and len(self.problems) == reported:
                 self.problem(line, f"grid.{key} has no values; give at least one or remove the axis")
                 continue
@@ -192,15 +237,16 @@ class YamlManifest(Reader):
             self.problem(line_of(doc, "zip"), "zip must be a mapping of API parameters to lists of equal length")
             return []
         columns: list[tuple[str, list[tuple[Any, dict]]]] = []
-        for key, raw in block.items():
-            line = line_of(block, key)
-            if key not in api_spec.PARAMETERS:
-                self.problem(line, api_spec.check_param(str(key), raw) or "")
+        for written, raw in block.items():
+            line = line_of(block, written)
+            key = self._parameter(written, raw, line)
+            if key is None:
                 continue
             if key in base or key in taken:
                 self.problem(line, f"{key} is in zip: and also in defaults: or grid:; keep it in one place")
+                self._values(key, raw, block, written)  # its values' own problems are reported too
                 continue
-            columns.append((key, self._values(key, raw, block, key)))
+            columns.append((key, self._values(key, raw, block, written)))
         self.zip_names = [key for key, _ in columns]
         self.axis_params.extend(self.zip_names)
         lengths = {key: len(values) for key, values in columns}
@@ -281,3 +327,28 @@ def _axis_label(point: Point) -> Any:
     values = list(point.params.values()) or [v for v in point.meta.values()][:1]
     labels = [v.text if isinstance(v, Template) else v for v in values]
     return labels[0] if len(labels) == 1 else tuple(labels)
+
+
+def _yaml_trap(name: str, value: Any) -> str | None:
+    """A value that YAML, not the user, made invalid, with the quoting that fixes it."""
+    if isinstance(value, bool) and name != "seed":
+        if name == "magic_prompt_option":
+            word = "ON" if value else "OFF"
+            return (
+                f"magic_prompt_option: YAML reads an unquoted {word} as {str(value).lower()}; "
+                f'write it in quotes: magic_prompt_option: "{word}"'
+            )
+        return (
+            f"{name}: YAML reads an unquoted yes, no, on, off, true or false as {str(value).lower()}; "
+            "write the value in quotes"
+        )
+    if name in ("prompt", "negative_prompt") and isinstance(value, dict):
+        if len(value) == 1:
+            [(key, rest)] = value.items()
+            written = f"{key}: {'' if rest is None else rest}".rstrip()
+            return (
+                f"{name} {written!r} was read by YAML as a key and a value, because of the ': ' in it; "
+                f"quote the whole {name}: {json.dumps(written, ensure_ascii=False)}"
+            )
+        return f"{name} was read by YAML as a mapping (a ': ' in the text?); quote the whole {name}"
+    return None
