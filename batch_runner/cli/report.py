@@ -84,6 +84,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         done = to_imagefolder(results, to)
     else:
         done = to_webdataset(results, to, args.shard_size)
+    for note in done.notes:
+        print(f"note: {note}")
     print(f"exported {done.added} new item(s) to {to} ({args.format}); {done.skipped} were there already")
     return 0
 

@@ -115,16 +115,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         else:
             print(message, file=sys.stderr, flush=True)
 
-    pinger = Pinger(args.ping_url, log) if args.ping_url else None
+    pinger = Pinger(args.ping_url) if args.ping_url else None
     if pinger:
         pinger.start()
-    code = exit_codes.INTERNAL
+    code, message, outcome = exit_codes.INTERNAL, "", None
     try:
         job, settings = load(args)
         if pinger is None and settings.ping_url:
-            pinger = Pinger(settings.ping_url, log)
+            pinger = Pinger(settings.ping_url)
             pinger.start()
-        code, message = _run(args, job, settings, log)
+        code, message, outcome = _run(args, job, settings, log)
     except (UsageError, ManifestError):
         code = exit_codes.USAGE
         raise
@@ -133,7 +133,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise
     finally:
         if pinger:
-            pinger.finish(code)
+            pinger.finish(code, outcome, message)
         if quiet and code != exit_codes.OK:
             for line in held:
                 print(line, file=sys.stderr)
@@ -147,7 +147,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     return code
 
 
-def _run(args: argparse.Namespace, job: Job, settings: Settings, log: Callable[[str], None]) -> tuple[int, str]:
+def _run(
+    args: argparse.Namespace, job: Job, settings: Settings, log: Callable[[str], None]
+) -> tuple[int, str, RunOutcome | None]:
+    from batch_runner.cli.ping import failures_text
     from batch_runner.engine.runner import MixedOutput
     from batch_runner.launch import default_output, runner_for
     from batch_runner.store.output_dir import AlreadyRunning
@@ -173,10 +176,11 @@ def _run(args: argparse.Namespace, job: Job, settings: Settings, log: Callable[[
         raise UsageError(f"{exc} Choose another --output.")
     except AlreadyRunning as exc:
         if runner is not None and runner.stop_reason is not None:  # Ctrl-C while queueing: nothing ran
-            return exit_codes.INTERRUPTED, f"stopped: interrupted ({runner.stop_message}) while waiting: {exc}"
+            return exit_codes.INTERRUPTED, f"stopped: interrupted ({runner.stop_message}) while waiting: {exc}", None
         return (
             exit_codes.LOCKED,
             f"error: {exc}; wait for it to finish (or pass --wait-lock SECONDS), or use another --output",
+            None,
         )
     except OSError as exc:
         # Before anything was sent: the folder, its lock or its journal cannot be written.
@@ -184,8 +188,10 @@ def _run(args: argparse.Namespace, job: Job, settings: Settings, log: Callable[[
         return (
             exit_codes.OUTPUT_ERROR,
             f"error: cannot write to {where} ({exc.strerror or exc}); free some space or choose a writable --output",
+            None,
         )
-    return outcome.exit_code, describe(outcome, settings, _resume_command(args, output))
+    resume = _resume_command(args, output)
+    return outcome.exit_code, describe(outcome, settings, resume) + failures_text(outcome, resume), outcome
 
 
 @contextmanager

@@ -91,9 +91,10 @@ class RunOutcome:
 
     @property
     def exit_code(self) -> int:
-        return exit_code_for(self.stop_reason, self.failed)
+        # 1 only for items that failed in this run: an earlier night's failure fails no later night.
+        return exit_code_for(self.stop_reason, self.failed_this_run)
 
     @property
     def ok(self) -> bool:
         """Every item of the job succeeded."""
-        return self.exit_code == exit_codes.OK
+        return self.stop_reason is None and self.failed == 0 and self.pending == 0

@@ -216,6 +216,7 @@ class Runner:
         import requests
 
         from batch_runner import __version__
+        from batch_runner.store.run_facts import run_facts
 
         record = {
             "job": self.job.name,
@@ -244,6 +245,7 @@ class Runner:
                 "requests": requests.__version__,
             },
         }
+        record.update(run_facts(self.out.path, self._started_at))  # run id, host, failure reasons
         try:
             self.out.append_run_record(record)
         except OSError as exc:
