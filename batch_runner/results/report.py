@@ -26,7 +26,7 @@ from PIL import Image, ImageDraw
 
 from batch_runner.api import spec as api_spec
 from batch_runner.errors import UsageError
-from batch_runner.fonts import font
+from batch_runner.fonts import drawable, font
 from batch_runner.results.summaries import FAILED, FINISHED, SUCCEEDED, RunResults
 from batch_runner.store.output_dir import _replace_durably, fsync_dir, write_atomic
 
@@ -145,6 +145,7 @@ def _thumbnail(path: Path, size: int) -> Image.Image | None:
 
 def _wrap(draw: ImageDraw.ImageDraw, xy: tuple[int, int], text: str, width_px: int, font, fill, max_lines: int) -> None:
     chars = max(8, int(width_px / (font.size * 0.6)))
+    text = drawable(text)
     lines = textwrap.wrap(text, chars)[:max_lines] or [""]
     if len(textwrap.wrap(text, chars)) > max_lines:
         lines[-1] = lines[-1][: max(0, chars - 1)] + "…"
@@ -364,12 +365,27 @@ def _render_page(title: str, rows: list[str], cols: list[str], cells: dict, imag
     return sheet
 
 
-def write_csv(results: RunResults, to: Path) -> list[Path]:
-    """The summaries as CSV files, for spreadsheets."""
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_safe(frame: pd.DataFrame) -> pd.DataFrame:
+    """frame with every text cell that a spreadsheet would run as a formula (=, +, -, @, tab or CR
+    first) prefixed with a single quote, as OWASP advises against CSV injection; numbers stay."""
+    safe = frame.copy()
+    for column in safe.columns:
+        if safe[column].dtype == object or pd.api.types.is_string_dtype(safe[column]):
+            safe[column] = safe[column].map(
+                lambda v: f"'{v}" if isinstance(v, str) and v.startswith(_FORMULA_START) else v
+            )
+    return safe
+
+
+def write_csv(results: RunResults, to: Path, extra: dict[str, pd.DataFrame] | None = None) -> list[Path]:
+    """The summaries (and extra tables, such as the verdict) as CSV files, for spreadsheets."""
     to.mkdir(parents=True, exist_ok=True)
     written = []
-    for name, frame in results.tables().items():
+    for name, frame in {**results.tables(), **(extra or {})}.items():
         path = to / f"{name}.csv"
-        write_atomic(path, frame.to_csv(index=False).encode("utf-8"))
+        write_atomic(path, csv_safe(frame).to_csv(index=False).encode("utf-8"))
         written.append(path)
     return written
