@@ -57,25 +57,47 @@ def choose_layout(results: RunResults, rows: str | None, cols: str | None, group
             usable = ", ".join(sorted(c for c in columns if c in results.axes or c in api_spec.PARAMETERS))
             raise UsageError(f"{name} {value!r} is not a column of this run; use one of: {usable}")
     varying = results.axes
+    zipped = {a: group for group in zipped_axes(results.items, varying) for a in group}
     if rows is None:
         rows = "prompt" if "prompt" in varying or not varying else varying[0]
-    if cols is None:
-        others = [a for a in varying if a != rows]
+    if cols is None:  # not a parameter zipped with the rows: that would fill only the diagonal
+        others = [a for a in varying if a != rows and rows not in zipped.get(a, ())]
         cols = "style_type" if "style_type" in others else (others[0] if others else None)
     if group is None:
         # Metadata (a prompt's Category, a template's vars) rides along with the prompt, so
         # only request parameters count as the remaining axes; --group can name metadata.
         # An axis that decides the rows or columns (prompt decides Category) belongs inside
         # the cells: grouping by it would give one sheet per prompt.
+        # So does a parameter zipped with one of them (prompt with negative_prompt).
         items = results.items
+        shown = {rows, cols} - {None}
         group = [
             a
             for a in varying
             if a in api_spec.PARAMETERS
-            and a not in (rows, cols)
-            and not any(_determines(items, a, shown) for shown in (rows, cols) if shown is not None)
+            and a not in shown
+            and not any(_determines(items, a, s) for s in shown if s is not None)
+            and not shown & set(zipped.get(a, ()))
         ]
     return Layout(rows, cols, list(group))
+
+
+def zipped_axes(items: pd.DataFrame, axes: list[str]) -> list[list[str]]:
+    """Request parameters that advance together (a manifest's zip: each value of one comes with a
+    single value of the other, both ways): as two axes they fill only the grid's diagonal."""
+    params = [a for a in axes if a in api_spec.PARAMETERS and a in items.columns]
+    keys = {a: items[a].astype("string").fillna("\u2205") for a in params}
+    groups: list[list[str]] = []
+    for axis in params:
+        for group in groups:
+            lead = group[0]
+            pairs = pd.DataFrame({"a": keys[lead], "b": keys[axis]}).drop_duplicates()
+            if len(pairs) == pairs.a.nunique() == pairs.b.nunique():
+                group.append(axis)
+                break
+        else:
+            groups.append([axis])
+    return [g for g in groups if len(g) > 1]
 
 
 def _determines(items: pd.DataFrame, axis: str, column: str) -> bool:
