@@ -6,6 +6,7 @@ more of what prompts contain. Debian installs it with fonts-dejavu-core.
 
 from __future__ import annotations
 
+import unicodedata
 from functools import lru_cache
 from pathlib import Path
 
@@ -24,3 +25,9 @@ def font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
         if path.exists():
             return ImageFont.truetype(str(path), size)
     return ImageFont.load_default(size=size)
+
+
+def drawable(text: str) -> str:
+    """text with line and paragraph breaks and control characters (U+2029, U+0085, \\r, ...) as
+    spaces: raqm's layout fails on several of them, and a label is drawn on one line anyway."""
+    return "".join(" " if unicodedata.category(c) in ("Cc", "Zl", "Zp") else c for c in text)

@@ -136,7 +136,7 @@ def test_csv_summaries_match_the_manifest(sweep, tmp_path):
     for axis in ("style_type", "seed", "Category"):
         assert spend[spend.axis == axis].spend_usd.sum() == pytest.approx(manifest.cost_usd.sum())
     assert {p.name for p in (out / "report").glob("*.csv")} == {
-        "totals.csv", "by_status.csv", "spend_by_axis.csv", "latency.csv", "failures.csv"}  # fmt: skip
+        "totals.csv", "by_status.csv", "spend_by_axis.csv", "latency.csv", "failures.csv", "verdict.csv"}  # fmt: skip
 
 
 def test_html_report_embeds_every_item_and_the_summary(sweep, tmp_path):

@@ -10,6 +10,15 @@ from batch_runner.cli.options import positive_int
 from batch_runner.errors import UsageError
 
 
+def _picks(path: str, results):
+    from batch_runner.results.picks import read_picks
+
+    try:
+        return read_picks(path, set(results.items.item_id))
+    except UsageError as exc:
+        raise UsageError(f"--picks {exc}")
+
+
 def _results(path: str):
     from batch_runner.results.summaries import load
 
@@ -36,22 +45,59 @@ def register_report(sub: argparse._SubParsersAction) -> None:
         help="another results folder to lay beside this one in the HTML report (items matched by item_id, "
         "else by the same parameters but one)",
     )
+    p.add_argument(
+        "--picks",
+        metavar="FILE",
+        help="the picks.json (or picks.csv) the viewer downloaded: the verdict counts them and their ratings",
+    )
+    p.add_argument(
+        "--no-text-check",
+        action="store_true",
+        help="skip reading the images' text with Tesseract (cached results are still shown)",
+    )
     p.set_defaults(handler=cmd_report)
+
+
+def _text_check(results, skip: bool) -> None:
+    """Read the quoted text back from the images (new ones only), and say what came of it."""
+    from batch_runner.results import ocr
+
+    if skip:
+        return
+    done = ocr.check(results.items, results.path)
+    if done.missing:
+        print(f"text check skipped for {done.wanted} image(s) that quote text: {done.missing}", file=sys.stderr)
+    elif done.wanted:
+        print(
+            f"text check: {done.wanted} image(s) quote text; {done.read} read now, {done.cached} unchanged since "
+            f"the last report" + (f", {done.unreadable} unreadable" if done.unreadable else "")
+            + f" ({done.seconds:.1f} s)"
+        )  # fmt: skip
+    results.items = ocr.attach(results.items, results.path)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     from batch_runner.results.report import choose_layout, contact_sheets, make_thumbs, write_csv
+    from batch_runner.results.verdict import sentences, text_table, verdict
     from batch_runner.results.viewer import html_report
 
     results = _results(args.output)
+    picks = _picks(args.picks, results) if args.picks else None
     other = _results(args.compare) if args.compare else None
     if other is not None and other.path.resolve() == results.path.resolve():
         raise UsageError(f"--compare {args.compare}: that is the run being reported; name another results folder")
     layout = choose_layout(results, args.rows, args.cols, args.group)
     folder = results.path / "report"
     make_thumbs(results, folder / "thumbs")  # the sheets are drawn from these
+    _text_check(results, args.no_text_check)
+    table = verdict(results, picks)
     sheets = contact_sheets(results, folder / "sheets", layout, folder / "thumbs")
-    index = html_report(results, folder, sheets, layout, compare=other)
+    index = html_report(results, folder, sheets, layout, compare=other, verdict=table)
+    if picks is not None:
+        unknown = f" ({picks.unknown} not of this run)" if picks.unknown else ""
+        print(f"picks: {len(picks.ids)} picked, {len(picks.ratings)} rated, from {picks.path}{unknown}")
+    for line in sentences(table):
+        print(f"verdict: {line}")
     print(
         f"{len(sheets)} contact sheet(s) in {folder / 'sheets'} ({layout.rows} × {layout.cols or '—'}"
         + (f", one set per {', '.join(layout.group)}" if layout.group else "")
@@ -60,8 +106,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     if other is not None:
         print(f"compared with {other.path} (a 'run' column; rows pair each item with its match)")
     print(f"report: {index}")
+    print(text_table(table))
     if args.csv:
-        for path in write_csv(results, folder):
+        for path in write_csv(results, folder, {"verdict": table}):
             print(f"csv: {path}")
     return 0
 
@@ -72,6 +119,7 @@ def register_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", choices=("imagefolder", "webdataset"), required=True)
     p.add_argument("--to", required=True, help="the dataset folder; exporting again adds only new items")
     p.add_argument("--shard-size", type=positive_int, default=1000, help="samples per WebDataset shard")
+    p.add_argument("--picks", metavar="FILE", help="export only the items in the viewer's picks.json (or picks.csv)")
     p.set_defaults(handler=cmd_export)
 
 
@@ -79,6 +127,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     from batch_runner.results.export import to_imagefolder, to_webdataset
 
     results = _results(args.output)
+    if args.picks:
+        picks = _picks(args.picks, results)
+        results.items = results.items[results.items.item_id.isin(picks.ids)]
+        print(f"picks: exporting the {len(picks.ids)} item(s) picked in {picks.path}")
     to = Path(args.to)
     if args.format == "imagefolder":
         done = to_imagefolder(results, to)

@@ -50,6 +50,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--keys", default="sandbox-key", help="comma-separated API keys to accept (default sandbox-key)")
     p.add_argument("--seed", type=int, default=0, help="makes faults and jitter reproducible")
     p.add_argument("--no-retry-after", action="store_true", help="send 429s with only the reset-time header")
+    p.add_argument(
+        "--misspell",
+        action="append",
+        metavar="STYLE=SHARE",
+        help="draw a prompt's quoted text with one letter wrong in this share of STYLE's images, e.g. "
+        "ANIME=0.3 (repeatable; * for every other style; the same images every time)",
+    )
     p.set_defaults(handler=cmd_sandbox)
 
 
@@ -64,6 +71,7 @@ def config_from(args: argparse.Namespace) -> SandboxConfig:
     chosen: dict[str, Any] = {}  # the sandbox's own default unless named: every fault kind
     if args.faults is not None:  # "" means no faults, as before
         chosen["faults"] = tuple(f.strip() for f in args.faults.split(",") if f.strip())
+    chosen["misspell"] = misspell_rates(args.misspell or [])
     try:
         return SandboxConfig(
             rpm=args.rpm,
@@ -86,6 +94,26 @@ def config_from(args: argparse.Namespace) -> SandboxConfig:
         raise UsageError(str(exc))
 
 
+def misspell_rates(values: list[str]) -> tuple[tuple[str, float], ...]:
+    """--misspell STYLE=SHARE values as (style, share) pairs."""
+    styles = (*api_spec.STYLE_TYPES, "*")
+    rates = []
+    for value in values:
+        style, _, share = value.partition("=")
+        style = style.strip().upper()
+        try:
+            rate = float(share)
+        except ValueError:
+            rate = -1.0
+        if style not in styles or not 0 <= rate <= 1:
+            raise UsageError(
+                f"--misspell {value!r}: write STYLE=SHARE with a share from 0 to 1 and a style among "
+                f"{', '.join(styles)}, e.g. --misspell ANIME=0.3"
+            )
+        rates.append((style, rate))
+    return tuple(rates)
+
+
 def cmd_sandbox(args: argparse.Namespace) -> int:
     from batch_runner.sandbox import Sandbox
 
@@ -100,6 +128,8 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
     print(f"  keys      {', '.join(config.keys)}")
     print(f"  credits   ${config.credits:,.2f} at ${config.price:g} per image; {limit}")
     print(f"  latency   {config.latency_s:g} s ± {config.jitter_s:g}; faults {config.fault_rate:.0%}")
+    if config.misspell:
+        print("  misspell  " + ", ".join(f"{style} {rate:.0%}" for style, rate in config.misspell) + " of quoted texts")
     print(f"  stats     {sandbox.url}/sandbox/stats")
     print(
         f"run a job against it:\n  SEGMIND_API_KEY={config.keys[0]} batch-runner run JOB --endpoint {sandbox.endpoint}"

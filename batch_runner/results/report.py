@@ -26,7 +26,7 @@ from PIL import Image, ImageDraw
 
 from batch_runner.api import spec as api_spec
 from batch_runner.errors import UsageError
-from batch_runner.fonts import font
+from batch_runner.fonts import drawable, font
 from batch_runner.results.summaries import FAILED, FINISHED, SUCCEEDED, RunResults
 from batch_runner.store.output_dir import _replace_durably, fsync_dir, write_atomic
 
@@ -57,25 +57,47 @@ def choose_layout(results: RunResults, rows: str | None, cols: str | None, group
             usable = ", ".join(sorted(c for c in columns if c in results.axes or c in api_spec.PARAMETERS))
             raise UsageError(f"{name} {value!r} is not a column of this run; use one of: {usable}")
     varying = results.axes
+    zipped = {a: group for group in zipped_axes(results.items, varying) for a in group}
     if rows is None:
         rows = "prompt" if "prompt" in varying or not varying else varying[0]
-    if cols is None:
-        others = [a for a in varying if a != rows]
+    if cols is None:  # not a parameter zipped with the rows: that would fill only the diagonal
+        others = [a for a in varying if a != rows and rows not in zipped.get(a, ())]
         cols = "style_type" if "style_type" in others else (others[0] if others else None)
     if group is None:
         # Metadata (a prompt's Category, a template's vars) rides along with the prompt, so
         # only request parameters count as the remaining axes; --group can name metadata.
         # An axis that decides the rows or columns (prompt decides Category) belongs inside
         # the cells: grouping by it would give one sheet per prompt.
+        # So does a parameter zipped with one of them (prompt with negative_prompt).
         items = results.items
+        shown = {rows, cols} - {None}
         group = [
             a
             for a in varying
             if a in api_spec.PARAMETERS
-            and a not in (rows, cols)
-            and not any(_determines(items, a, shown) for shown in (rows, cols) if shown is not None)
+            and a not in shown
+            and not any(_determines(items, a, s) for s in shown if s is not None)
+            and not shown & set(zipped.get(a, ()))
         ]
     return Layout(rows, cols, list(group))
+
+
+def zipped_axes(items: pd.DataFrame, axes: list[str]) -> list[list[str]]:
+    """Request parameters that advance together (a manifest's zip: each value of one comes with a
+    single value of the other, both ways): as two axes they fill only the grid's diagonal."""
+    params = [a for a in axes if a in api_spec.PARAMETERS and a in items.columns]
+    keys = {a: items[a].astype("string").fillna("\u2205") for a in params}
+    groups: list[list[str]] = []
+    for axis in params:
+        for group in groups:
+            lead = group[0]
+            pairs = pd.DataFrame({"a": keys[lead], "b": keys[axis]}).drop_duplicates()
+            if len(pairs) == pairs.a.nunique() == pairs.b.nunique():
+                group.append(axis)
+                break
+        else:
+            groups.append([axis])
+    return [g for g in groups if len(g) > 1]
 
 
 def _determines(items: pd.DataFrame, axis: str, column: str) -> bool:
@@ -145,6 +167,7 @@ def _thumbnail(path: Path, size: int) -> Image.Image | None:
 
 def _wrap(draw: ImageDraw.ImageDraw, xy: tuple[int, int], text: str, width_px: int, font, fill, max_lines: int) -> None:
     chars = max(8, int(width_px / (font.size * 0.6)))
+    text = drawable(text)
     lines = textwrap.wrap(text, chars)[:max_lines] or [""]
     if len(textwrap.wrap(text, chars)) > max_lines:
         lines[-1] = lines[-1][: max(0, chars - 1)] + "…"
@@ -364,12 +387,27 @@ def _render_page(title: str, rows: list[str], cols: list[str], cells: dict, imag
     return sheet
 
 
-def write_csv(results: RunResults, to: Path) -> list[Path]:
-    """The summaries as CSV files, for spreadsheets."""
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_safe(frame: pd.DataFrame) -> pd.DataFrame:
+    """frame with every text cell that a spreadsheet would run as a formula (=, +, -, @, tab or CR
+    first) prefixed with a single quote, as OWASP advises against CSV injection; numbers stay."""
+    safe = frame.copy()
+    for column in safe.columns:
+        if safe[column].dtype == object or pd.api.types.is_string_dtype(safe[column]):
+            safe[column] = safe[column].map(
+                lambda v: f"'{v}" if isinstance(v, str) and v.startswith(_FORMULA_START) else v
+            )
+    return safe
+
+
+def write_csv(results: RunResults, to: Path, extra: dict[str, pd.DataFrame] | None = None) -> list[Path]:
+    """The summaries (and extra tables, such as the verdict) as CSV files, for spreadsheets."""
     to.mkdir(parents=True, exist_ok=True)
     written = []
-    for name, frame in results.tables().items():
+    for name, frame in {**results.tables(), **(extra or {})}.items():
         path = to / f"{name}.csv"
-        write_atomic(path, frame.to_csv(index=False).encode("utf-8"))
+        write_atomic(path, csv_safe(frame).to_csv(index=False).encode("utf-8"))
         written.append(path)
     return written

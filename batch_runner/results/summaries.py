@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from batch_runner.api import spec as api_spec
+from batch_runner.results.ocr import TEXT_COLUMNS, attach
 from batch_runner.store.fold import STATE_COLUMNS, current_frame
 from batch_runner.store.journal import ItemStatus
 from batch_runner.store.output_dir import OutputDir
@@ -46,7 +47,7 @@ class RunResults:
 
 
 def meta_columns(frame: pd.DataFrame) -> list[str]:
-    fixed = {"item_id", *api_spec.PARAMETERS, *STATE_COLUMNS}
+    fixed = {"item_id", *api_spec.PARAMETERS, *STATE_COLUMNS, *TEXT_COLUMNS}
     return [c for c in frame.columns if c not in fixed]
 
 
@@ -60,7 +61,7 @@ def load(path: str | Path) -> RunResults:
     out = OutputDir(Path(path))
     if not out.exists():
         raise FileNotFoundError(f"{path}: no run found (no journal.jsonl or manifest.parquet)")
-    items = _typed(current_frame(out))
+    items = attach(_typed(current_frame(out)), out.path)  # the report's text check, where it ran
     axes = varying_axes(items)
     return RunResults(
         path=out.path,

@@ -24,13 +24,17 @@ import pandas as pd
 
 from batch_runner import humanize
 from batch_runner.api import spec as api_spec
-from batch_runner.results.report import Layout, make_thumbs, palette_label, palette_members
+from batch_runner.results.ocr import TEXT_COLUMNS
+from batch_runner.results.report import Layout, make_thumbs, palette_label, palette_members, zipped_axes
 from batch_runner.results.summaries import RunResults, meta_columns
 from batch_runner.store.output_dir import write_atomic
 
 RUN, PAIR = "run", "pair"
 STATE = ["status", "attempts", "http_status", "error", "latency_s", "cost_usd", "seed_value", "image_path"]
+TEXT = list(TEXT_COLUMNS)  # the report's text check (results/ocr.py), where it ran
+TEXT_LABELS = {"true": "text right", "false": "text wrong"}
 MAX_FILTER_VALUES = 200
+ZIP_JOIN = "+"  # a zipped axis is named as `plan` names it: prompt+negative_prompt
 
 
 @dataclass
@@ -110,6 +114,20 @@ def _describe(row: dict, axes: list[str]) -> str:
     return " · ".join(parts) or str(row["item_id"])
 
 
+def _zipped_layout(layout: dict[str, Any], groups: list[list[str]], axes: list[str]) -> dict[str, Any]:
+    """The default grid with each zipped group as its one axis, and no axis shown twice."""
+    name = {column: ZIP_JOIN.join(group) for group in groups for column in group}
+    shown: list[str | None] = []
+    for slot in ("rows", "cols", "page"):
+        value = layout[slot]
+        value = name.get(value, value) if value else value
+        if value in shown:
+            free = [a for a in axes if a not in shown and a not in name and a != value]
+            value = ("style_type" if "style_type" in free else free[0]) if free else None
+        shown.append(value)
+    return dict(zip(("rows", "cols", "page"), shown, strict=True))
+
+
 def build_data(sides: list[_Side], layout: Layout, key: str, title: str) -> dict[str, Any]:
     """Everything the page shows, as one JSON-ready dict (items as rows of a field list)."""
     compare = len(sides) > 1
@@ -129,7 +147,11 @@ def build_data(sides: list[_Side], layout: Layout, key: str, title: str) -> dict
             if len(values) > 1 and column not in axes:
                 axes.append(column)
         axes = [RUN, PAIR, *axes]
-    fields = ["uid", "item_id", *([RUN, PAIR] if compare else []), *columns, *STATE, "thumb", "image"]
+    zipped = [] if compare else zipped_axes(sides[0].results.items, axes)
+    zip_names = [ZIP_JOIN.join(group) for group in zipped]
+    axes = [a for a in axes if not any(a in group for group in zipped)] + zip_names
+    fields = ["uid", "item_id", *([RUN, PAIR] if compare else []), *columns, *zip_names, *STATE, *TEXT, "thumb",
+              "image"]  # fmt: skip
     labels: dict[str, dict[str, str]] = {}
     swatches: dict[str, list] = {}
     rows: list[list[Any]] = []
@@ -137,10 +159,15 @@ def build_data(sides: list[_Side], layout: Layout, key: str, title: str) -> dict
     for n, side in enumerate(sides):
         items = side.results.items
         present = [c for c in columns if c in items.columns]
-        frame = items[["item_id", *present, *STATE]]
+        frame = items[["item_id", *present, *STATE, *[c for c in TEXT if c in items.columns]]]
         for record in frame.to_dict("records"):
             item_id = record["item_id"]
-            row = {c: _json_value(record.get(c)) for c in ["item_id", *columns, *STATE]}
+            row = {c: _json_value(record.get(c)) for c in ["item_id", *columns, *STATE, *TEXT]}
+            for group, name in zip(zipped, zip_names, strict=True):
+                row[name] = " · ".join(
+                    palette_label(row[c]) if c == "color_palette" else "(none)" if row[c] is None else str(row[c])
+                    for c in group
+                )  # fmt: skip
             row["uid"] = side.uid_prefix + item_id
             row["thumb"] = side.thumbs.get(item_id)
             row["image"] = side.image_prefix + row["image_path"] if row["image_path"] else None
@@ -158,6 +185,9 @@ def build_data(sides: list[_Side], layout: Layout, key: str, title: str) -> dict
                     swatches[palette] = [[h, w] for h, w in members]
             rows.append([row.get(f) for f in fields])
     filters = ["status"]
+    if any(r[fields.index("text_ok")] is not None for r in rows):
+        filters.append("text_ok")
+        labels["text_ok"] = TEXT_LABELS
     for axis in axes:
         if axis == PAIR:
             continue
@@ -168,12 +198,14 @@ def build_data(sides: list[_Side], layout: Layout, key: str, title: str) -> dict
         layout_data = {"rows": PAIR, "cols": RUN, "page": None}
     else:
         layout_data = {"rows": layout.rows, "cols": layout.cols, "page": layout.group[0] if layout.group else None}
+        layout_data = _zipped_layout(layout_data, zipped, axes)
     return {
         "title": title,
         "key": key,
         "fields": fields,
         "columns": columns,
         "axes": axes,
+        "zipped": {name: group for name, group in zip(zip_names, zipped, strict=True)},
         "filters": filters,
         "layout": layout_data,
         "labels": labels,
@@ -208,8 +240,25 @@ def _stats(results: RunResults) -> dict[str, Any]:
     }
 
 
+def _verdict_html(table: pd.DataFrame | None) -> tuple[str, str]:
+    """The verdict's lines for the first screen (only axes with text checked or picks), and its
+    whole table for the summary."""
+    if table is None or table.empty:
+        return "", ""
+    from batch_runner.results.verdict import sentences
+
+    lines = "".join(f"<li>{html.escape(line)}</li>" for line in sentences(table))
+    strip = f'<ul id="verdict" class="verdict">{lines}</ul>' if lines else ""
+    return strip, _table_html(table, "Verdict per axis value (text accuracy and pick rate: 95% Wilson intervals)")
+
+
 def html_report(
-    results: RunResults, to: Path, sheets: list[Path], layout: Layout, compare: RunResults | None = None
+    results: RunResults,
+    to: Path,
+    sheets: list[Path],
+    layout: Layout,
+    compare: RunResults | None = None,
+    verdict: pd.DataFrame | None = None,
 ) -> Path:
     """Write to/index.html (and the thumbnails it shows under to/thumbs); returns its path."""
     sides = [_Side(results, results.path.name, "", make_thumbs(results, to / "thumbs"), "../")]
@@ -226,7 +275,9 @@ def html_report(
     title = results.path.name + (f" vs {compare.path.name}" if compare is not None else "")
     data = build_data(sides, layout, key, title)
     payload = json.dumps(data, ensure_ascii=False, default=str, separators=(",", ":"))
-    payload = payload.replace("</", "<\\/")  # nothing in the data can close the <script> it sits in
+    # No "<" at all in the JSON (nor ">" or "&"): "</script>" cannot close the block, and "<!--<script>"
+    # cannot put the HTML parser in its double-escaped state, which would swallow the page.
+    payload = payload.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
     stats = _stats(results)
     cards = "".join(
         f'<div class="card">{html.escape(name)}<b>{html.escape(str(value))}</b></div>'
@@ -241,8 +292,10 @@ def html_report(
             ("429s", stats["limited"]),
         ]
     )
+    strip, verdict_table = _verdict_html(verdict)
     summary = "".join(
         [
+            verdict_table,
             _table_html(results.by_status, "Items by status"),
             _table_html(results.spend_by_axis, "Spend per axis value"),
             _table_html(results.latency, "Latency of successful requests (seconds)"),
@@ -265,6 +318,7 @@ def html_report(
         "__TITLE__": html.escape(title),
         "__STATLINE__": html.escape(line),
         "__CARDS__": cards,
+        "__VERDICT__": strip,
         "__SUMMARY__": summary,
         "__SHEETS__": sheet_tags or "<p class=muted>no contact sheets</p>",
         "__SHEET_COUNT__": str(len(sheets)),

@@ -90,6 +90,8 @@ class SandboxConfig:
     # How long a v2 submit's answer takes after the job is created: the window in which a
     # crash leaves a billed job whose id the client never journaled.
     submit_latency_s: float = 0.0
+    # (style, share) pairs: how often a quoted text is drawn misspelt ("*" for any other style)
+    misspell: tuple[tuple[str, float], ...] = ()
 
     def __post_init__(self) -> None:
         if self.response not in ("bytes", "json", "url"):
@@ -135,6 +137,7 @@ class _Record:
     cost: float = 0.0
     keyed: bool = False  # an x-api-key header came with it (none may go to the media host)
     request_id: str | None = None  # the v2 job it created or polled
+    drawn: str | None = None  # the quoted text the image shows, as drawn (misspelt or not)
 
 
 class SandboxApi:
@@ -207,6 +210,7 @@ class SandboxApi:
                         "cost": r.cost,
                         "keyed": r.keyed,
                         "request_id": r.request_id,
+                        "drawn": r.drawn,
                     }
                     for r in self._records
                 ]
@@ -314,7 +318,8 @@ class SandboxApi:
         width, height = api_spec.resolution_size(params.get("resolution"))
         if fault == "wrong-size":
             width, height = height + 16, width
-        image = images.jpeg(params, seed, width, height)
+        image = images.jpeg(params, seed, width, height, self.config.misspell)
+        record.drawn = images.drawn_text(params, seed, self.config.misspell)
         if fault == "broken":
             image = image[: len(image) // 3] + b"\x00" * 64
         reply = self._success(params, image, seed, remaining)

@@ -167,7 +167,7 @@ class JobQueue:
         if status in ("QUEUED", "PROCESSING"):
             return _json_reply(202, {"request_id": request_id, "status": status})
         width, height = api_spec.resolution_size(job.params.get("resolution"))
-        url = self.api._store_media(images.jpeg(job.params, job.seed, width, height))
+        url = self.api._store_media(images.jpeg(job.params, job.seed, width, height, self.api.config.misspell))
         total = job.ready_at - job.submitted
         metrics = {
             "cost": job.cost,
