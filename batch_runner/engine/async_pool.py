@@ -197,6 +197,7 @@ class AsyncPool:
                 continue
             job = _Job(item, state.attempts, None, state.request_id, now, recovered=True)
             job.reserved = self.runner.budget.hold()
+            self.runner.budget.spent -= job.reserved  # its job was in the books' starting figure
             self.runner.tally.add(in_flight=1)
             self._adopted.add(item.item_id)
             self._outstanding += 1
