@@ -204,7 +204,7 @@ def latest_price(runs: list[dict[str, Any]]) -> float | None:
 class Journal:
     def __init__(self, path: Path):
         self.path = path
-        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
         self._lock = threading.Lock()
         self._written = 0  # lines written; line k is durable once self._sync has covered k
         self._sync = GroupSync(self._fd, lambda: self._written)
