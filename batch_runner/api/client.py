@@ -28,7 +28,7 @@ import urllib3
 from PIL import Image
 
 from batch_runner.api import spec as api_spec
-from batch_runner.api.deadline import _WATCHDOG, DeadlineAdapter, overall_deadline
+from batch_runner.api.deadline import _WATCHDOG, DeadlineAdapter, cut_short, overall_deadline
 from batch_runner.api.deadline import Watchdog as Watchdog  # where tests and benchmarks find it
 from batch_runner.api.redaction import redact
 
@@ -512,6 +512,9 @@ class Client:
             if isinstance(_cause(exc), urllib3.exceptions.TimeoutError) or time.monotonic() >= deadline:
                 raise TransientError(f"no answer within {self.timeout_s:g} s", answered=False)
             raise TransientError(f"connection failed ({_kind(exc)})", answered=False)
+        if cut_short():
+            response.close()
+            raise TransientError(f"no answer within {self.timeout_s:g} s", answered=False)
 
         with response:
             status = response.status_code
@@ -645,6 +648,9 @@ class Client:
             )
         except requests.RequestException as exc:
             raise TransientError(f"downloading the image failed ({type(exc).__name__})", 200, billed)
+        if cut_short():
+            response.close()
+            raise TransientError(f"downloading the image took longer than {self.timeout_s:g} s", 200, billed)
         with response:
             if response.status_code != 200:
                 raise TransientError(f"downloading the image answered HTTP {response.status_code}", 200, billed)

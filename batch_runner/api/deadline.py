@@ -92,6 +92,9 @@ class Scope:
     def __init__(self, deadline: float):
         self.deadline = deadline
         self.closed = False
+        # A connection was cut: whatever it seemed to answer is no answer. A status line cut
+        # mid-headers parses as a 200 with no headers and an empty body.
+        self.fired = False
         self._lock = threading.Lock()
         self._connections: list[Any] = []
         self._handles: list[int] = []
@@ -119,6 +122,7 @@ class Scope:
         with self._lock:
             if self.closed:
                 return  # the call ended; the connection may serve another one by now
+            self.fired = True
         shutdown(getattr(connection, "sock", None))
 
     def close(self) -> None:
@@ -145,6 +149,12 @@ STOP_GRACE_S = 10.0
 _local = threading.local()
 _live: set[Scope] = set()
 _live_lock = threading.Lock()
+
+
+def cut_short() -> bool:
+    """This thread's call had a connection cut at its deadline."""
+    scope = current()
+    return scope is not None and scope.fired
 
 
 def current() -> Scope | None:

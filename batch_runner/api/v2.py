@@ -37,7 +37,7 @@ from batch_runner.api.client import (
     check_image,
 )
 from batch_runner.api.deadline import current as current_deadline
-from batch_runner.api.deadline import overall_deadline
+from batch_runner.api.deadline import cut_short, overall_deadline
 
 # The provider keeps a result an hour after submission, then answers 404.
 RESULT_TTL_S = 3600.0
@@ -148,7 +148,7 @@ class V2Client(Client):
         if body is not None:
             headers["Content-Type"] = "application/json"
         try:
-            return self.session.request(
+            response = self.session.request(
                 method,
                 url,
                 data=body,
@@ -167,6 +167,10 @@ class V2Client(Client):
             if isinstance(exc, requests.Timeout) or (scope is not None and scope.expired):
                 raise TransientError(f"no answer within {self.timeout_s:g} s", answered=False)
             raise TransientError(f"connection failed ({type(exc).__name__})", answered=False)
+        if cut_short():  # cut mid-headers: what parsed is no answer
+            response.close()
+            raise TransientError(f"no answer within {self.timeout_s:g} s", answered=False)
+        return response
 
     def _json(self, response: requests.Response, deadline: float) -> tuple[int, Any, bytes]:
         status = response.status_code
