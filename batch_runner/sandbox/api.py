@@ -347,8 +347,8 @@ class SandboxApi:
             with self._lock:
                 self._refund(record)
             # The key straddles the 200th character: a cut there leaves most of it.
-            text = "x" * (200 - len(key) // 3) + f" echo: x-api-key={key} (debug build)"
-            return _json_reply(500, {"detail": text}, delay_s=self._latency(item_id, seen_before))
+            text = "x" * (200 - len(key) // 3) + f"{key} (debug echo of x-api-key)"
+            return Reply(500, text.encode(), "text/plain", delay_s=self._latency(item_id, seen_before))
         if fault in ("500", "502", "504"):
             with self._lock:
                 self._refund(record)
