@@ -119,6 +119,8 @@ def test_a_garbage_manifest_does_not_brick_status_and_the_next_run_rebuilds_it(t
         (out / "manifest.parquet").write_bytes(b"PAR1 this is not parquet at all PAR1")
         summary = status_json(out)
         assert summary["counts"]["succeeded"] == 2 and summary["manifest_unreadable"] is True
+        report = run_cli("report", str(out))
+        assert report.returncode == 0, report.stdout + report.stderr  # from the journal alone
         again = run(job, out, sb)
         assert again.returncode == 0, again.stdout + again.stderr
         assert set(pd.read_parquet(out / "manifest.parquet").status) == {"succeeded"}

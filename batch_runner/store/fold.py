@@ -32,6 +32,13 @@ from batch_runner.store.output_dir import OutputDir, fsync_dir
 # with the scheme "nightly" and fails, after the images were bought.
 LOCAL = pafs.LocalFileSystem()
 
+
+def local_path(path: os.PathLike[str] | str) -> str:
+    """The path as pyarrow must get it with LOCAL: absolute (a relative "nightly:v2/x" is still
+    parsed as a URI, filesystem or not)."""
+    return os.path.abspath(path)
+
+
 # The manifest's state columns are the ledger's, in its order: times become timestamps (the
 # ledger keeps epoch seconds), its internals stay out, and in_plan is the manifest's own.
 _TIMES = {"first_sent_at", "finished_at"}
@@ -138,7 +145,7 @@ def manifest_stamp(ledger: Ledger, plan_digest: str) -> dict[bytes, bytes]:
 
 def manifest_is_current(out: OutputDir, stamp: dict[bytes, bytes]) -> bool:
     try:
-        metadata = pq.read_schema(out.manifest, filesystem=LOCAL).metadata or {}
+        metadata = pq.read_schema(local_path(out.manifest), filesystem=LOCAL).metadata or {}
     except (OSError, pa.ArrowException):
         return False
     key = next(iter(stamp))
@@ -162,7 +169,7 @@ def write_manifest(
     meta_tmp = out.metadata.with_name(f".{out.metadata.name}.partial")
     seen = journal.new_seen()
     count = 0
-    writing = pq.ParquetWriter(str(tmp), table_schema, filesystem=LOCAL)
+    writing = pq.ParquetWriter(local_path(tmp), table_schema, filesystem=LOCAL)
     with writing as writer, open(meta_tmp, "w", encoding="utf-8") as metadata:
 
         def put(table: pa.Table) -> None:
@@ -206,7 +213,8 @@ def current_frame(out: OutputDir, journal: Ledger | Replay | None = None) -> pd.
     if table is not None:
         frame = table.to_pandas()
     else:
-        frame = pd.DataFrame({"item_id": pd.Series(dtype="string")})
+        # No manifest yet, or one a crash or a user broke: the journal's rows, in its columns.
+        frame = schema([]).empty_table().to_pandas()
     meta_columns = [c for c in frame.columns if c not in {"item_id", *api_spec.PARAMETERS, *STATE_COLUMNS}]
     if not journal.items:
         return frame
@@ -233,7 +241,7 @@ def _read_manifest(out: OutputDir) -> pa.Table | None:
     if not out.manifest.exists():
         return None
     try:
-        return pq.read_table(out.manifest, filesystem=LOCAL)
+        return pq.read_table(local_path(out.manifest), filesystem=LOCAL)
     except (OSError, pa.ArrowException, ValueError):
         return None
 
@@ -290,6 +298,6 @@ def _read_manifest_columns(out: OutputDir, columns: list[str]) -> pa.Table | Non
     if not out.manifest.exists():
         return None
     try:
-        return pq.read_table(out.manifest, columns=columns, filesystem=LOCAL)
+        return pq.read_table(local_path(out.manifest), columns=columns, filesystem=LOCAL)
     except (OSError, pa.ArrowException, ValueError):
         return None
