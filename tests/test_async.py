@@ -194,17 +194,21 @@ def test_jobs_left_on_the_server_by_a_crash_are_polled_not_resubmitted(tmp_path)
         assert status_json(out)["unanswered_attempts"] == 0
 
 
-def test_a_sync_run_after_an_async_crash_warns_that_it_pays_again_for_jobs_on_the_server(tmp_path):
+def test_a_sync_run_after_an_async_crash_refuses_to_pay_again_for_jobs_on_the_server(tmp_path):
     with sandbox_with(latency_s=5.0) as sb:
         job, out = manifest(tmp_path, [f"mode switch {i}" for i in range(2)]), tmp_path / "out"
         proc = start_async(job, out, sb)
         wait_for(lambda: submitted_lines(out) >= 2, timeout=30)
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
+        # The jobs on the server are billed when they complete: on the books as possibly billed.
+        assert status_json(out)["possibly_billed_usd"] >= 2 * PRICE - 1e-9
         with sandbox_with() as fast:
             result = run(job, out, fast)  # v1, the default
-        assert result.returncode == 0, result.stdout + result.stderr
-        assert "2 item(s) have a job on the server from an earlier async run" in result.stderr
+            assert fast.stats()["received"] == 0  # nothing bought a second time
+        assert result.returncode == 75, result.stdout + result.stderr
+        assert "2 item(s) have a job on the server from an earlier async run" in result.stdout
+        assert "--api async" in result.stdout
 
 
 # ------------------------------------------------------------------------ faults

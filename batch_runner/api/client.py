@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import base64
 import binascii
-import heapq
 import io
-import itertools
 import json
+import math
 import os
 import socket
 import struct
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
@@ -28,6 +28,9 @@ import urllib3
 from PIL import Image
 
 from batch_runner.api import spec as api_spec
+from batch_runner.api.deadline import _WATCHDOG, DeadlineAdapter, cut_short, overall_deadline
+from batch_runner.api.deadline import Watchdog as Watchdog  # where tests and benchmarks find it
+from batch_runner.api.redaction import redact
 
 _CHUNK = 64 * 1024
 # The largest answer read in full. The biggest image the API makes is 1536x640; even as a
@@ -37,7 +40,12 @@ MAX_BODY_BYTES = 64 * 1024 * 1024
 # An error body is read only for its message.
 MAX_ERROR_BODY_BYTES = 64 * 1024
 _REDIRECTS = (301, 302, 303, 307, 308)
-REDACTED = "[redacted]"
+# A stated price this many times the configured one is no price rise but a broken header (or
+# a unit slip): it is booked at the configured price, like a missing one.
+MAX_PRICE_FACTOR = 20
+SEED_COLUMN_MAX = 2**63 - 1  # the journal's and manifest's seed column is a signed 64-bit integer
+MAX_RETRY_WAIT_S = 86_400.0  # a 429 naming a later time than this is read as naming none
+_MESSAGE_CHARS = 200
 
 
 class ApiError(Exception):
@@ -121,18 +129,45 @@ class Generated:
     generation_time_s: float | None
 
 
-def _float(value: str | None) -> float | None:
-    try:
-        return float(value) if value not in (None, "") else None
-    except ValueError:
+def _float(value: Any) -> float | None:
+    """A finite number, or None: NaN and infinity are no answer, and must never reach a sum
+    (or the journal, whose JSON cannot hold them)."""
+    if isinstance(value, bool) or value in (None, ""):
         return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return number if math.isfinite(number) else None
 
 
 def _int(value: Any) -> int | None:
     try:
         return int(value) if value not in (None, "") else None
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
+
+
+def plausible_cost(value: Any, price: float) -> tuple[float, str | None]:
+    """What an answer's stated cost books: the stated cost, or `price` with the reason when the
+    statement is missing (None) or not a believable price (not a number, NaN, infinite,
+    negative, or more than MAX_PRICE_FACTOR times the configured price)."""
+    if value is None or value == "":
+        return price, None
+    cost = _float(value)
+    if cost is None:
+        return price, f"a cost of {str(value)[:40]!r} is not a number"
+    if cost < 0:
+        return price, f"a cost of {cost:g} is negative"
+    if cost > MAX_PRICE_FACTOR * price:
+        return price, f"a cost of {cost:g} is more than {MAX_PRICE_FACTOR} times the price of ${price:g}"
+    return cost, None
+
+
+def seed_from(value: Any) -> int | None:
+    """x-seed-value as the seed column can hold it; None for anything else."""
+    seed = _int(value)
+    return seed if seed is not None and 0 <= seed <= SEED_COLUMN_MAX else None
 
 
 def retry_at_from(headers: Any, now: float | None = None) -> float | None:
@@ -142,39 +177,50 @@ def retry_at_from(headers: Any, now: float | None = None) -> float | None:
     wall = datetime.now(timezone.utc)
     reset = headers.get("x-rate-limit-reset-at-utc")
     if reset:
-        text = reset.strip()
-        try:
-            when = datetime.fromtimestamp(float(text), timezone.utc)
-        except ValueError:
-            try:
-                when = datetime.fromisoformat(text.replace("Z", "+00:00"))
-            except ValueError:
-                when = None
-        if when is not None:
-            if when.tzinfo is None:
-                when = when.replace(tzinfo=timezone.utc)
-            return now + max(0.0, (when - wall).total_seconds())
+        wait = _wait_until(reset.strip(), wall)
+        if wait is not None:
+            return now + wait
     after = headers.get("Retry-After")
     if after:
         text = after.strip()
-        try:
-            return now + max(0.0, float(text))
-        except ValueError:
+        seconds = _float(text)
+        if seconds is None:
             try:
-                return now + max(0.0, (parsedate_to_datetime(text) - wall).total_seconds())
-            except (TypeError, ValueError):
+                seconds = (parsedate_to_datetime(text) - wall).total_seconds()
+            except (TypeError, ValueError, OverflowError):
                 return None
+        if seconds > MAX_RETRY_WAIT_S:
+            return None
+        return now + max(0.0, seconds)
     return None
 
 
-def _error_message(response: Response, body: bytes) -> str:
+def _wait_until(text: str, wall: datetime) -> float | None:
+    """Seconds from `wall` until the reset time `text` (epoch seconds or ISO 8601); None when
+    it does not parse or lies beyond MAX_RETRY_WAIT_S (inf, 1e20: no real limit resets then)."""
+    epoch = _float(text)
+    try:
+        if epoch is not None:
+            when = datetime.fromtimestamp(epoch, timezone.utc)
+        else:
+            when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except (ValueError, OverflowError, OSError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    wait = (when - wall).total_seconds()
+    return max(0.0, wait) if wait <= MAX_RETRY_WAIT_S else None
+
+
+def _error_message(response: Response, body: bytes, key: str | None) -> str:
+    """The server's own words, the key redacted from them before they are cut."""
     try:
         payload = json.loads(body)
         if isinstance(payload, dict) and payload.get("error"):
-            return str(payload["error"])
-    except (ValueError, UnicodeDecodeError):
+            return redact(str(payload["error"]), key)[: _MESSAGE_CHARS * 5]
+    except (ValueError, UnicodeDecodeError, RecursionError):
         pass
-    text = body[:200].decode("utf-8", "replace").strip()
+    text = redact(body.decode("utf-8", "replace"), key)[:_MESSAGE_CHARS].strip()
     return f"HTTP {response.status_code}" + (f": {text}" if text and "<html" not in text.lower() else "")
 
 
@@ -226,12 +272,15 @@ def _check_whole(image: Image.Image, fmt: str, data: bytes) -> None:
     data cannot contain one: 0xFF is stuffed there); a PNG's every chunk, IEND included, must be
     whole with a correct CRC (Pillow's verify); a WebP's RIFF size must match. Other formats are
     decoded at 1/8 scale. Where a full decode cost 2.1 ms (PNG) or 0.6 ms (JPEG), these take
-    tens of microseconds."""
+    tens of microseconds; a PNG is decoded in full all the same (see below)."""
     if fmt == "jpeg":
         if data.rstrip(b"\r\n")[-2:] != b"\xff\xd9":
             raise ValueError("no end-of-image marker")
     elif fmt == "png":
-        image.verify()
+        image.verify()  # every chunk whole, with its CRC
+        # CRCs say nothing of the zlib stream inside IDAT: a stream cut short and re-chunked
+        # passes verify(), and only decoding the pixels finds it (~2 ms for the largest image).
+        Image.open(io.BytesIO(data)).load()
     elif fmt == "webp":
         declared = struct.unpack("<I", data[4:8])[0] + 8
         if len(data) < declared:
@@ -250,60 +299,6 @@ def _sniff(data: bytes) -> str:
     if head[:1] in (b"{", b"["):
         return "JSON"
     return f"{len(data):,} bytes of unknown data"
-
-
-class Watchdog:
-    """One thread for every deadline: a heap of [when, handle, callback], instead of a new
-    timer thread per request. `cancel(handle)` drops the callback (and what it holds) at once."""
-
-    def __init__(self) -> None:
-        self._heap: list[list[Any]] = []
-        self._live: dict[int, list[Any]] = {}
-        self._cond = threading.Condition()
-        self._ids = itertools.count()
-        self._thread: threading.Thread | None = None
-
-    def schedule(self, deadline: float, callback: Any) -> int:
-        handle = next(self._ids)
-        entry = [deadline, handle, callback]
-        with self._cond:
-            heapq.heappush(self._heap, entry)
-            self._live[handle] = entry
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._loop, name="watchdog", daemon=True)
-                self._thread.start()
-            if self._heap[0] is entry:
-                self._cond.notify()
-        return handle
-
-    def cancel(self, handle: int) -> None:
-        with self._cond:
-            entry = self._live.pop(handle, None)
-            if entry is not None:
-                entry[2] = None
-            if len(self._heap) > 1024 and len(self._heap) > 4 * len(self._live):
-                self._heap = [e for e in self._heap if e[2] is not None]
-                heapq.heapify(self._heap)
-
-    def _loop(self) -> None:
-        while True:
-            with self._cond:
-                while self._heap and self._heap[0][2] is None:
-                    heapq.heappop(self._heap)
-                if not self._heap:
-                    self._cond.wait()
-                    continue
-                deadline, handle, callback = self._heap[0]
-                wait = deadline - time.monotonic()
-                if wait > 0:
-                    self._cond.wait(wait)
-                    continue
-                heapq.heappop(self._heap)
-                self._live.pop(handle, None)
-            callback()
-
-
-_WATCHDOG = Watchdog()
 
 
 def _cause(exc: BaseException) -> BaseException | None:
@@ -384,6 +379,10 @@ class Client:
         self.timeout_s = timeout_s
         self.connect_timeout_s = connect_timeout_s
         self.price_per_image = price_per_image
+        # Where notes about odd answers go (the runner sets its log); each kind is noted once.
+        self.warn: Callable[[str], None] = lambda message: None
+        self._noted: set[str] = set()
+        self._notes_lock = threading.Lock()
         self.session = requests.Session()
         # requests reads the environment (proxies, CA bundle, .netrc) on every call: two scans
         # of os.environ per request. Read it once here, for the endpoint, and pass it
@@ -391,7 +390,7 @@ class Client:
         self._env: dict[str, dict[str, Any]] = {}
         self._settings(endpoint)
         self.session.trust_env = False
-        adapter = requests.adapters.HTTPAdapter(pool_connections=2, pool_maxsize=max(pool_size, 1), max_retries=0)
+        adapter = DeadlineAdapter(pool_connections=2, pool_maxsize=max(pool_size, 1), max_retries=0)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
         # The generation POST skips requests' per-call machinery (merging settings, preparing
@@ -437,14 +436,17 @@ class Client:
         """The account balance, or None when the endpoint does not say."""
         deadline = time.monotonic() + 5
         try:
-            with self.session.get(
-                self.credits_url,
-                headers={"x-api-key": self._key},
-                timeout=5,
-                allow_redirects=False,
-                stream=True,
-                **self._settings(self.credits_url),
-            ) as r:
+            with (
+                overall_deadline(deadline),
+                self.session.get(
+                    self.credits_url,
+                    headers={"x-api-key": self._key},
+                    timeout=5,
+                    allow_redirects=False,
+                    stream=True,
+                    **self._settings(self.credits_url),
+                ) as r,
+            ):
                 if r.status_code != 200:
                     return None
                 body = self._read(r, deadline, 0.0, MAX_ERROR_BODY_BYTES, truncate=True)
@@ -454,7 +456,8 @@ class Client:
 
     def generate(self, params: dict[str, Any]) -> Generated:
         try:
-            return self._generate(params)
+            with overall_deadline(time.monotonic() + self.timeout_s):
+                return self._generate(params)
         except ApiError as exc:
             # Servers echo what they were sent; the key must never reach a journal or a screen.
             exc.message = self.redact(exc.message)
@@ -462,7 +465,40 @@ class Client:
             raise
 
     def redact(self, text: str) -> str:
-        return text.replace(self._key, REDACTED) if self._key and len(self._key) >= 4 else text
+        """text without the key or any 8 of its characters in a row (api/redaction.py)."""
+        return redact(text, self._key)
+
+    def note_once(self, kind: str, message: str) -> None:
+        """Tell the run's log about an odd answer, once per kind per run."""
+        with self._notes_lock:
+            if kind in self._noted:
+                return
+            self._noted.add(kind)
+        self.warn(f"warning: {self.redact(message)}")
+
+    def booked_cost(self, stated: Any, where: str) -> float:
+        """The cost an answer books: its own statement when believable, else the configured
+        price (noted once), so that no NaN, infinity or absurd figure enters a budget sum."""
+        cost, problem = plausible_cost(stated, self.price_per_image)
+        if problem:
+            self.note_once(
+                f"cost:{where}",
+                f"the server stated {problem} ({where}); such answers are booked at the configured "
+                f"${self.price_per_image:g} per image",
+            )
+        return cost
+
+    def seed_of(self, stated: Any) -> int | None:
+        seed = seed_from(stated)
+        if seed is None and stated not in (None, ""):
+            self.note_once("seed", f"an x-seed-value of {str(stated)[:40]!r} is not a seed; it is not recorded")
+        return seed
+
+    def stored_id(self, stated: Any) -> str | None:
+        """A server-supplied id as it may be stored: text, at most 200 characters, no key."""
+        if stated in (None, ""):
+            return None
+        return self.redact(str(stated))[:_MESSAGE_CHARS]
 
     def _generate(self, params: dict[str, Any]) -> Generated:
         size = api_spec.resolution_size(params.get("resolution"))
@@ -473,9 +509,12 @@ class Client:
             unreached = _unreached_reason(exc)
             if unreached:
                 raise Unreachable(f"cannot reach {self._host}: {unreached}")
-            if isinstance(_cause(exc), urllib3.exceptions.TimeoutError):
+            if isinstance(_cause(exc), urllib3.exceptions.TimeoutError) or time.monotonic() >= deadline:
                 raise TransientError(f"no answer within {self.timeout_s:g} s", answered=False)
             raise TransientError(f"connection failed ({_kind(exc)})", answered=False)
+        if cut_short():
+            response.close()
+            raise TransientError(f"no answer within {self.timeout_s:g} s", answered=False)
 
         with response:
             status = response.status_code
@@ -497,8 +536,8 @@ class Client:
                     extension=extension,
                     cost=billed,
                     remaining_credits=_float(headers.get("x-remaining-credits")),
-                    seed_value=_int(headers.get("x-seed-value")),
-                    request_id=headers.get("x-request-id"),
+                    seed_value=self.seed_of(headers.get("x-seed-value")),
+                    request_id=self.stored_id(headers.get("x-request-id")),
                     generation_time_s=_float(headers.get("x-generation-time")),
                 )
             raise self._classify(response, body)
@@ -541,8 +580,7 @@ class Client:
         )
 
     def _cost(self, response: Response) -> float:
-        cost = _float(response.headers.get("x-cost"))
-        return self.price_per_image if cost is None else cost
+        return self.booked_cost(response.headers.get("x-cost"), "x-cost")
 
     def _read(self, response: Response, deadline: float, billed: float, limit: int, truncate: bool = False) -> bytes:
         """The body (decoded), within the overall deadline and at most `limit` bytes.
@@ -598,7 +636,7 @@ class Client:
             return self._download(url, deadline, billed)
         error = payload.get("error") if isinstance(payload, dict) else None
         if isinstance(error, str) and error:
-            raise UnusableImage(f"the JSON body holds an error, not an image: {error[:200]}", 200, billed)
+            raise UnusableImage(f"the JSON body holds an error, not an image: {self.redact(error)[:200]}", 200, billed)
         raise UnusableImage("the JSON body holds no image, base64 or URL", 200, billed)
 
     def _download(self, url: str, deadline: float, billed: float) -> bytes:
@@ -610,6 +648,9 @@ class Client:
             )
         except requests.RequestException as exc:
             raise TransientError(f"downloading the image failed ({type(exc).__name__})", 200, billed)
+        if cut_short():
+            response.close()
+            raise TransientError(f"downloading the image took longer than {self.timeout_s:g} s", 200, billed)
         with response:
             if response.status_code != 200:
                 raise TransientError(f"downloading the image answered HTTP {response.status_code}", 200, billed)
@@ -617,7 +658,7 @@ class Client:
 
     def _classify(self, response: Response, body: bytes) -> ApiError:
         status = response.status_code
-        message = _error_message(response, body)
+        message = _error_message(response, body, self._key)
         if status == 429:
             return RateLimited(message, retry_at_from(response.headers))
         if status == 406:

@@ -36,7 +36,11 @@ from batch_runner.api.client import (
     _unreached_reason,
     check_image,
 )
+from batch_runner.api.deadline import current as current_deadline
+from batch_runner.api.deadline import cut_short, overall_deadline
 
+# The provider keeps a result an hour after submission, then answers 404.
+RESULT_TTL_S = 3600.0
 # Ids go into URLs and the journal: anything else is not an id this client will poll.
 _REQUEST_ID = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 
@@ -128,8 +132,10 @@ class V2Client(Client):
         return self._redacting(self._fetch, completed, request_id, size)
 
     def _redacting(self, call: Any, *args: Any) -> Any:
+        """One call under one overall deadline (headers included), its errors without the key."""
         try:
-            return call(*args)
+            with overall_deadline(time.monotonic() + self.timeout_s):
+                return call(*args)
         except ApiError as exc:
             exc.message = self.redact(exc.message)
             exc.args = (exc.message,)
@@ -142,7 +148,7 @@ class V2Client(Client):
         if body is not None:
             headers["Content-Type"] = "application/json"
         try:
-            return self.session.request(
+            response = self.session.request(
                 method,
                 url,
                 data=body,
@@ -157,9 +163,14 @@ class V2Client(Client):
             if unreached:
                 raise Unreachable(f"cannot reach {self._host}: {unreached}")
             # The request may have arrived: for a submit the job may exist, and be billed.
-            if isinstance(exc, requests.Timeout):
+            scope = current_deadline()
+            if isinstance(exc, requests.Timeout) or (scope is not None and scope.expired):
                 raise TransientError(f"no answer within {self.timeout_s:g} s", answered=False)
             raise TransientError(f"connection failed ({type(exc).__name__})", answered=False)
+        if cut_short():  # cut mid-headers: what parsed is no answer
+            response.close()
+            raise TransientError(f"no answer within {self.timeout_s:g} s", answered=False)
+        return response
 
     def _json(self, response: requests.Response, deadline: float) -> tuple[int, Any, bytes]:
         status = response.status_code
@@ -186,6 +197,12 @@ class V2Client(Client):
         if 200 <= status < 300:
             request_id = payload.get("request_id") if isinstance(payload, dict) else None
             has_urls = isinstance(payload, dict) and payload.get("status_url") and payload.get("response_url")
+            if isinstance(request_id, str) and self.redact(request_id) != request_id:
+                # An id that holds the key cannot be journaled, so it cannot be polled after a
+                # crash either: like an answer without an id, the job may exist and be billed.
+                raise TransientError(
+                    f"HTTP {status}: the submit's answer holds the API key in its request_id", status, answered=False
+                )
             if not isinstance(request_id, str) or not _REQUEST_ID.fullmatch(request_id) or not has_urls:
                 # Not something to poll; the server may have queued (and will bill) a job all the same.
                 raise TransientError(
@@ -206,14 +223,14 @@ class V2Client(Client):
         said = payload.get("status") if isinstance(payload, dict) else None
         if said == JobStatus.FAILED or (status == 422 and isinstance(payload, dict)):
             error = payload.get("error") if isinstance(payload, dict) else None
-            raise JobFailed(str(error or "the job failed (the server gave no reason)"))
+            raise JobFailed(self.redact(str(error or "the job failed (the server gave no reason)"))[:1000])
         if status == 404:
             raise JobExpired(f"request {request_id} is unknown or expired (404)")
         if 200 <= status < 300:
             try:
                 return JobStatus(said)
             except ValueError:
-                raise TransientError(f"HTTP {status}: unknown job status {str(said)[:40]!r}", status)
+                raise TransientError(f"HTTP {status}: unknown job status {self.redact(str(said))[:40]!r}", status)
         raise self._classify(response, body)
 
     def _result(self, request_id: str) -> Completed | None:
@@ -234,8 +251,7 @@ class V2Client(Client):
         return Completed(output, self._price(payload), _float(metrics.get("remaining_credits")), duration)
 
     def _price(self, payload: dict[str, Any]) -> float:
-        cost = _float(_metrics(payload).get("cost"))
-        return self.price_per_image if cost is None else cost
+        return self.booked_cost(_metrics(payload).get("cost"), "v2 metrics.cost")
 
     def _fetch(self, completed: Completed, request_id: str, size: tuple[int, int]) -> Generated:
         deadline = time.monotonic() + self.timeout_s

@@ -258,6 +258,7 @@ def describe(r: RunOutcome, settings: Settings, resume_command: str) -> str:
         Stop.RATE_LIMITED: f"stopped: the server is rate-limiting ({detail})",
         Stop.OUTPUT: f"stopped: cannot write to {r.output} ({detail})",
         Stop.INTERNAL: f"stopped: internal error ({detail}); this is a bug, please report it",
+        Stop.JOBS_ON_SERVER: f"stopped before sending anything: {detail}",
     }[r.stop_reason]
     lines = [headline]
     lines.append(

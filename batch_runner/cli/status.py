@@ -41,11 +41,17 @@ def cmd_status(args: argparse.Namespace) -> int:
     if c["sent"]:
         print(f"  sent        {c['sent']:>8,}   (no answer on record: may have been billed)")
     print(f"  spent       {humanize.money(summary['spent_usd']):>8}   (confirmed by the server's answers)")
-    if summary["unanswered_attempts"]:
+    if summary["unanswered_attempts"] or summary["jobs_on_server"]:
         print(
             f"  possibly    {humanize.money(summary['possibly_billed_usd']):>8}   "
             f"({summary['unanswered_attempts']:,} attempt(s) with no answer: may have been billed)"
         )
+    if summary["jobs_on_server"]:
+        on_server = summary["jobs_on_server"]
+        print(f"  on server   {on_server:>8,}   (async jobs not yet collected: billed when they complete)")
+    if summary["skipped_journal_lines"]:
+        skipped = summary["skipped_journal_lines"]
+        print(f"  skipped     {skipped:>8,}   (journal lines with wrongly typed fields: ignored)")
     print(f"  left        {summary['left']:>8,}   (~{humanize.money(summary['left_estimated_cost_usd'])})")
     if summary["rate_limited"]:
         print(f"  429s        {summary['rate_limited']:>8,}")

@@ -197,6 +197,7 @@ class AsyncPool:
                 continue
             job = _Job(item, state.attempts, None, state.request_id, now, recovered=True)
             job.reserved = self.runner.budget.hold()
+            self.runner.budget.spent -= job.reserved  # its job was in the books' starting figure
             self.runner.tally.add(in_flight=1)
             self._adopted.add(item.item_id)
             self._outstanding += 1
@@ -486,10 +487,12 @@ class AsyncPool:
         """A poll that got no usable answer: the job is safe on the server; try again later."""
         job.poll_errors += 1
         if job.poll_errors >= MAX_POLL_ERRORS:
-            self.runner.log(
-                f"async: giving up polling {job.request_id} for now after {job.poll_errors} errors; "
-                "its id is journaled, and the next run polls it"
+            message = (
+                f"polling {job.request_id} failed {job.poll_errors} times in a row; its id is journaled, "
+                "and the next run polls it"
             )
+            self.runner.log(f"async: {message}")
+            self.runner._stop("unreachable", message)  # try later (75), not an unexplained stop
             self._release(job)
             return
         self._due(job, min(PollSchedule.MAX_GAP_S, 0.5 * 2**job.poll_errors))

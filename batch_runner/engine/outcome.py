@@ -30,6 +30,7 @@ class StopReason(str, Enum):
     RATE_LIMITED = "rate-limited"  # the server kept rate-limiting for longer than max_wait
     OUTPUT = "output"  # the output folder cannot be written
     INTERNAL = "internal"  # a bug; results received so far are safe
+    JOBS_ON_SERVER = "jobs-on-server"  # a sync run would buy again what v2 jobs on the server deliver
 
     def __str__(self) -> str:
         return self.value
@@ -49,6 +50,7 @@ EXIT_CODES: dict[StopReason, int] = {
     StopReason.RATE_LIMITED: exit_codes.TEMPORARY,
     StopReason.OUTPUT: exit_codes.OUTPUT_ERROR,
     StopReason.INTERNAL: exit_codes.INTERNAL,
+    StopReason.JOBS_ON_SERVER: exit_codes.TEMPORARY,
 }
 
 

@@ -37,6 +37,7 @@ from batch_runner.api.client import (
     Unreachable,
     check_image,
 )
+from batch_runner.api.deadline import STOP_GRACE_S, shorten_all
 from batch_runner.api.v2 import V2Client
 from batch_runner.engine.async_pool import AsyncPool, sync_mode_note
 from batch_runner.engine.outcome import RunOutcome, StopReason
@@ -54,6 +55,7 @@ from batch_runner.settings import (
     Settings,
 )
 from batch_runner.store import recipe
+from batch_runner.store.books import committed_usd, reserve_price, sync_refusal
 from batch_runner.store.fold import manifest_is_current, manifest_stamp, write_manifest
 from batch_runner.store.journal import Journal
 from batch_runner.store.ledger import STATUS, Ledger
@@ -203,6 +205,7 @@ class Runner:
         """Stop cleanly, from any thread or a signal handler: no new request is sent, those in
         flight are let finish, and run() returns with StopReason.INTERRUPTED. Safe to repeat."""
         self._stop(StopReason.INTERRUPTED, message)
+        shorten_all(STOP_GRACE_S)  # whatever the server does, the requests in flight end soon
 
     @property
     def in_flight(self) -> int:
@@ -457,17 +460,21 @@ class Runner:
         if todo == 0 or self.stop_reason is not None:
             return self._report(total, todo, history, recovered, unanswered)
 
+        if s.api != "async" and (refusal := sync_refusal([st for _, st in history.where_status("pending")])):
+            self._stop(StopReason.JOBS_ON_SERVER, refusal)
+            return self._report(total, todo, history, recovered, unanswered)
         self._check_disk_space(todo)
         client_class = V2Client if s.api == "async" else Client  # async: v2's submit and poll
         self.client = client_class(
             o.endpoint, o.api_key, pool_size=s.concurrency, timeout_s=o.timeout_s, price_per_image=s.price_per_image
         )
+        self.client.warn = self.log
         self._check_credits(todo)
         self.journal = journal
         # What the server may have billed already: confirmed spend, plus every attempt that
         # got no answer, across all runs of this output.
-        spent_before = history.spent + history.unanswered * s.price_per_image
-        self.budget = Budget(s.max_cost, spent_before, s.price_per_image, s.max_cost_per_run)
+        price = reserve_price(history, s.price_per_image)
+        self.budget = Budget(s.max_cost, committed_usd(history, price), price, s.max_cost_per_run)
         self.pacer = Pacer.from_snapshot(
             self._learned(), ceiling_rpm=s.rpm, max_concurrency=s.concurrency, max_wait_s=s.max_wait
         )

@@ -10,7 +10,11 @@ Tests can force an outcome for one item by putting a directive in its prompt:
                                406-content-type and 406-spend-limit for those kinds of 406)
     [sandbox:fail-once=CODE]   answer CODE the first time this exact body arrives, then succeed
     [sandbox:fault=KIND]       always: slow (trickled body), drop (connection cut mid-body),
-                               broken (corrupt JPEG), wrong-size (image of another size), unsafe
+                               broken (corrupt JPEG), wrong-size (image of another size), unsafe,
+                               slow-headers (status line and headers one byte a second),
+                               short-png (a PNG whose pixel data stops short, every CRC right),
+                               echo-id (the key sent comes back as x-request-id),
+                               echo-error (a 500 whose body holds the key across its 200th character)
     [sandbox:fault-once=KIND]  the same, only the first time
 
 The v2 queue (queue.py) reads the same directives at submit, and its own for polls.
@@ -20,13 +24,16 @@ from __future__ import annotations
 
 import base64
 import collections
+import io
 import json
 import math
 import random
 import re
+import struct
 import threading
 import time
 import uuid
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -92,6 +99,13 @@ class SandboxConfig:
     submit_latency_s: float = 0.0
     # (style, share) pairs: how often a quoted text is drawn misspelt ("*" for any other style)
     misspell: tuple[tuple[str, float], ...] = ()
+    # Headers every generation answer carries instead of the honest ones (a 200's x-cost,
+    # x-seed-value; a 429's x-rate-limit-reset-at-utc, Retry-After): a server stating nonsense.
+    headers: tuple[tuple[str, str], ...] = ()
+    # Keys of a COMPLETED v2 job's metrics replaced by these values (cost as an object, NaN...).
+    v2_metrics: tuple[tuple[str, Any], ...] = ()
+    slow_credits: bool = False  # the credit check's answer trickles its headers too
+    header_byte_s: float = 1.0  # slow-headers: seconds per byte of the status line and headers
 
     def __post_init__(self) -> None:
         if self.response not in ("bytes", "json", "url"):
@@ -114,6 +128,7 @@ class Reply:
     delay_s: float = 0.0
     mode: str = "normal"
     trickle_s: float = 0.0
+    byte_s: float = 0.0  # mode "slow-headers": seconds between bytes of the head
 
 
 def _json_reply(status: int, payload: Any, **kwargs: Any) -> Reply:
@@ -122,6 +137,28 @@ def _json_reply(status: int, payload: Any, **kwargs: Any) -> Reply:
 
 def _error(status: int, message: str | None = None, **kwargs: Any) -> Reply:
     return _json_reply(status, {"error": message or _ERROR_TEXT.get(status, "Error")}, **kwargs)
+
+
+def short_png(jpeg: bytes) -> bytes:
+    """The image as a PNG whose pixel data stops halfway, every chunk whole with a right CRC:
+    what a chunk check (Pillow's verify) passes, and only decoding the pixels catches."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.open(io.BytesIO(jpeg)).save(buffer, "PNG")
+    data = buffer.getvalue()
+    chunks, at = [], 8
+    while at < len(data):
+        (length,) = struct.unpack(">I", data[at : at + 4])
+        chunks.append((data[at + 4 : at + 8], data[at + 8 : at + 8 + length]))
+        at += 12 + length
+    pixels = b"".join(body for kind, body in chunks if kind == b"IDAT")
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    head = b"".join(chunk(k, b) for k, b in chunks if k not in (b"IDAT", b"IEND"))
+    return data[:8] + head + chunk(b"IDAT", pixels[: len(pixels) // 2]) + chunk(b"IEND", b"")
 
 
 @dataclass
@@ -155,6 +192,7 @@ class SandboxApi:
         self._in_flight = 0
         self._max_in_flight = 0
         self._media: collections.OrderedDict[str, bytes] = collections.OrderedDict()
+        self._media_faults: dict[str, str] = {}
         self.queue = JobQueue(self)
 
     # ---------------------------------------------------------------- bookkeeping
@@ -266,10 +304,16 @@ class SandboxApi:
         if path == CREDITS_PATH:
             with self._lock:
                 credits = self._credits if self._credits is not None else 1e9
-            return _json_reply(200, {"credits": round(credits, 6), "free-credits": 0})
+            reply = _json_reply(200, {"credits": round(credits, 6), "free-credits": 0})
+            if self.config.slow_credits:
+                reply.mode, reply.byte_s = "slow-headers", self.config.header_byte_s
+            return reply
         if path.startswith(V2_REQUESTS_PREFIX):
             return self.queue.poll(record, path[len(V2_REQUESTS_PREFIX) :], key)
-        return self._generate(record, key, headers, body, queued=path == V2_PATH)
+        reply = self._generate(record, key, headers, body, queued=path == V2_PATH)
+        if reply.status in (200, 429):
+            reply.headers.update(dict(self.config.headers))
+        return reply
 
     def _generate(self, record: _Record, key: str, headers: Any, body: bytes, queued: bool) -> Reply:
         content_type = (headers.get("Content-Type") or "").split(";")[0].strip().lower()
@@ -303,6 +347,12 @@ class SandboxApi:
             remaining = self._credits
 
         fault = forced or self._random_fault(item_id, seen_before)
+        if fault == "echo-error":
+            with self._lock:
+                self._refund(record)
+            # The key straddles the 200th character: a cut there leaves most of it.
+            text = "x" * (200 - len(key) // 3) + f"{key} (debug echo of x-api-key)"
+            return Reply(500, text.encode(), "text/plain", delay_s=self._latency(item_id, seen_before))
         if fault in ("500", "502", "504"):
             with self._lock:
                 self._refund(record)
@@ -322,13 +372,21 @@ class SandboxApi:
         record.drawn = images.drawn_text(params, seed, self.config.misspell)
         if fault == "broken":
             image = image[: len(image) // 3] + b"\x00" * 64
+        if fault == "short-png":
+            image = short_png(images.jpeg(params, seed, width, height))
         reply = self._success(params, image, seed, remaining)
+        if fault == "short-png":
+            reply.content_type = "image/png"
+        if fault == "echo-id":
+            reply.headers["x-request-id"] = f"req-{key}"
         reply.delay_s = self._latency(item_id, seen_before)
         reply.headers["x-generation-time"] = f"{reply.delay_s:.3f}"
         if fault == "drop":
             reply.mode = "drop"
         elif fault == "slow":
             reply.mode, reply.trickle_s = "trickle", self.config.slow_s
+        elif fault == "slow-headers":
+            reply.mode, reply.byte_s = "slow-headers", self.config.header_byte_s
         return reply
 
     # ---------------------------------------------------------------- pieces
@@ -409,10 +467,12 @@ class SandboxApi:
     def _server_seed(item_id: str) -> int:
         return api_spec.SEED_MIN + int(item_id, 16) % (api_spec.SAFE_SEED_MAX - api_spec.SEED_MIN)
 
-    def _store_media(self, image: bytes) -> str:
+    def _store_media(self, image: bytes, fault: str | None = None) -> str:
         name = f"{uuid.uuid4().hex}.jpg"
         with self._lock:
             self._media[name] = image
+            if fault:
+                self._media_faults[name] = fault
             while len(self._media) > 4096:
                 self._media.popitem(last=False)
         return f"{self.base_url}{MEDIA_PREFIX}{name}"
@@ -420,9 +480,13 @@ class SandboxApi:
     def _media_reply(self, name: str) -> Reply:
         with self._lock:
             image = self._media.get(name)
+            fault = self._media_faults.get(name)
         if image is None:
             return _error(404, "media expired or unknown")
-        return Reply(200, image, "image/jpeg")
+        reply = Reply(200, image, "image/jpeg")
+        if fault == "slow-headers":
+            reply.mode, reply.byte_s = "slow-headers", self.config.header_byte_s
+        return reply
 
     def _success(self, params: dict[str, Any], image: bytes, seed: int, remaining: float | None) -> Reply:
         headers = {

@@ -7,6 +7,8 @@ faults a client must survive, forced per item by a directive in its prompt (see 
                                 the connection closes before a byte of it is sent
     [sandbox:fault=failed]      the job FAILS: HTTP 422 on both URLs, not billed ("broken" too)
     [sandbox:fault=slow]        a slow queue: the job takes slow_s longer than usual
+    [sandbox:fault=stuck]       the job stays PROCESSING for ever
+    [sandbox:media=slow-headers] the image's host sends its headers a byte a second
     [sandbox:poll-once=CODE]    the first poll of this job answers CODE (429 names a 1 s wait)
     [sandbox:poll=CODE]         every poll of this job answers CODE
 
@@ -43,6 +45,7 @@ class QueuedJob:
     cost: float
     remaining: float | None
     poll_fault: str | None  # "429" (every poll) or "429-once"
+    media_fault: str | None = None
     polls: int = 0
     fetched: bool = False  # its result was served once: no longer outstanding
 
@@ -82,10 +85,15 @@ class JobQueue:
         now = time.monotonic()
         request_id = uuid.uuid4().hex
         duration = self.api._latency(record.item_id or "", seen) + (self.api.config.slow_s if fault == "slow" else 0.0)
+        if fault == "stuck":
+            duration = float("inf")
         poll_fault = None
+        media_fault = None
         for name, value in self.api.directives(params):
             if name in ("poll", "poll-once"):
                 poll_fault = value + ("-once" if name == "poll-once" else "")
+            if name == "media":
+                media_fault = value
         job = QueuedJob(
             request_id=request_id,
             record=record,
@@ -99,6 +107,7 @@ class JobQueue:
             cost=self.api.config.price,
             remaining=remaining,
             poll_fault=poll_fault,
+            media_fault=media_fault,
         )
         with self.api._lock:
             self.jobs[request_id] = job
@@ -167,13 +176,16 @@ class JobQueue:
         if status in ("QUEUED", "PROCESSING"):
             return _json_reply(202, {"request_id": request_id, "status": status})
         width, height = api_spec.resolution_size(job.params.get("resolution"))
-        url = self.api._store_media(images.jpeg(job.params, job.seed, width, height, self.api.config.misspell))
+        url = self.api._store_media(
+            images.jpeg(job.params, job.seed, width, height, self.api.config.misspell), job.media_fault
+        )
         total = job.ready_at - job.submitted
         metrics = {
             "cost": job.cost,
             "remaining_credits": job.remaining,
             "inference_time": round(total * (1 - QUEUED_SHARE), 3),
             "queue_time": round(total * QUEUED_SHARE, 3),
+            **dict(self.api.config.v2_metrics),
         }
         with self.api._lock:
             job.fetched = True

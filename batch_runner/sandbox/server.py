@@ -82,6 +82,15 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.flush()
             self.connection.shutdown(socket.SHUT_RDWR)
             self.close_connection = True
+        elif reply.mode == "slow-headers":
+            # The status line and headers a byte at a time: every read gets data in time, so
+            # only an overall deadline ends the request.
+            for i in range(len(head)):
+                self.wfile.write(head[i : i + 1])
+                self.wfile.flush()
+                time.sleep(reply.byte_s)
+            self.wfile.write(reply.body)
+            self.wfile.flush()
         elif reply.mode == "trickle":
             self.wfile.write(head)
             chunks = 20

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from batch_runner.api import spec as api_spec
@@ -27,10 +28,21 @@ from batch_runner.store.ledger import Ledger
 from batch_runner.store.ledger import load as load_ledger
 from batch_runner.store.output_dir import OutputDir, fsync_dir
 
+# Paths are local paths: without an explicit filesystem pyarrow reads "nightly:v2/..." as a URI
+# with the scheme "nightly" and fails, after the images were bought.
+LOCAL = pafs.LocalFileSystem()
+
+
+def local_path(path: os.PathLike[str] | str) -> str:
+    """The path as pyarrow must get it with LOCAL: absolute (a relative "nightly:v2/x" is still
+    parsed as a URI, filesystem or not)."""
+    return os.path.abspath(path)
+
+
 # The manifest's state columns are the ledger's, in its order: times become timestamps (the
 # ledger keeps epoch seconds), its internals stay out, and in_plan is the manifest's own.
 _TIMES = {"first_sent_at", "finished_at"}
-_LEDGER_ONLY = {"item_id", "open_attempt", "row"}
+_LEDGER_ONLY = {"item_id", "open_attempt", "row", "submitted_at"}
 STATE_FIELDS: list[tuple[str, pa.DataType]] = [
     (f.name, pa.timestamp("ms", tz="UTC") if f.name in _TIMES else f.type)
     for f in LEDGER_SCHEMA
@@ -133,7 +145,7 @@ def manifest_stamp(ledger: Ledger, plan_digest: str) -> dict[bytes, bytes]:
 
 def manifest_is_current(out: OutputDir, stamp: dict[bytes, bytes]) -> bool:
     try:
-        metadata = pq.read_schema(out.manifest).metadata or {}
+        metadata = pq.read_schema(local_path(out.manifest), filesystem=LOCAL).metadata or {}
     except (OSError, pa.ArrowException):
         return False
     key = next(iter(stamp))
@@ -157,7 +169,8 @@ def write_manifest(
     meta_tmp = out.metadata.with_name(f".{out.metadata.name}.partial")
     seen = journal.new_seen()
     count = 0
-    with pq.ParquetWriter(tmp, table_schema) as writer, open(meta_tmp, "w", encoding="utf-8") as metadata:
+    writing = pq.ParquetWriter(local_path(tmp), table_schema, filesystem=LOCAL)
+    with writing as writer, open(meta_tmp, "w", encoding="utf-8") as metadata:
 
         def put(table: pa.Table) -> None:
             nonlocal count
@@ -196,10 +209,12 @@ def write_manifest(
 def current_frame(out: OutputDir, journal: Ledger | Replay | None = None) -> pd.DataFrame:
     """The manifest as of now: the last manifest.parquet with the journal's newer news on top."""
     journal = load_ledger(out) if journal is None else journal
-    if out.manifest.exists():
-        frame = pd.read_parquet(out.manifest)
+    table = _read_manifest(out)
+    if table is not None:
+        frame = table.to_pandas()
     else:
-        frame = pd.DataFrame({"item_id": pd.Series(dtype="string")})
+        # No manifest yet, or one a crash or a user broke: the journal's rows, in its columns.
+        frame = schema([]).empty_table().to_pandas()
     meta_columns = [c for c in frame.columns if c not in {"item_id", *api_spec.PARAMETERS, *STATE_COLUMNS}]
     if not journal.items:
         return frame
@@ -222,6 +237,15 @@ def current_frame(out: OutputDir, journal: Ledger | Replay | None = None) -> pd.
     return frame.reset_index()
 
 
+def _read_manifest(out: OutputDir) -> pa.Table | None:
+    if not out.manifest.exists():
+        return None
+    try:
+        return pq.read_table(local_path(out.manifest), filesystem=LOCAL)
+    except (OSError, pa.ArrowException, ValueError):
+        return None
+
+
 def summarize(out: OutputDir, price_per_image: float | None = None) -> dict[str, Any]:
     """Counts by status, spend and what is left: what `batch-runner status` prints.
 
@@ -230,13 +254,13 @@ def summarize(out: OutputDir, price_per_image: float | None = None) -> dict[str,
     an image, since the API cannot say whether it charged them. Together they are the most
     the invoice can show."""
     journal = load_ledger(out)
-    price = price_per_image or journal.price or api_spec.PRICE_PER_IMAGE
+    price = max(price_per_image or journal.price or api_spec.PRICE_PER_IMAGE, journal.max_cost)
     counts = {s.value: 0 for s in (ItemStatus.SUCCEEDED, ItemStatus.FAILED, ItemStatus.PENDING, ItemStatus.SENT)}
     items = len(journal)
     # The manifest's rows the journal has no news of, plus every item the journal names:
     # counted column by column, never a row object per item.
-    if out.manifest.exists():
-        manifest = pq.read_table(out.manifest, columns=["item_id", "status"])
+    manifest = _read_manifest_columns(out, ["item_id", "status"])
+    if manifest is not None:
         unknown = journal.positions(manifest.column("item_id")) < 0
         statuses = manifest.column("status").filter(pa.array(unknown)).fill_null(ItemStatus.PENDING.value)
         for entry in pc.value_counts(statuses).to_pylist():
@@ -252,13 +276,28 @@ def summarize(out: OutputDir, price_per_image: float | None = None) -> dict[str,
         "items": items,
         "counts": counts,
         "spent_usd": round(journal.spent, 6),
-        "possibly_billed_usd": round(journal.unanswered * price, 6),
+        # A v2 job left on the server is billed when it completes: possibly billed until collected.
+        "possibly_billed_usd": round((journal.unanswered + journal.on_server) * price, 6),
         "left": left,
         "left_estimated_cost_usd": round(left * price, 6),
         "unanswered_attempts": journal.unanswered,
+        "jobs_on_server": journal.on_server,
         "rate_limited": journal.rate_limited,
         "runs": len(runs),
         "last_run_at": _iso(_timestamp(runs[-1].get("at"))) if runs else None,
         "sandbox": bool(runs and runs[-1].get("sandbox")),
         "torn_journal_lines": journal.torn_lines,
+        "skipped_journal_lines": journal.bad_lines,
+        "manifest_unreadable": manifest is None and out.manifest.exists(),
     }
+
+
+def _read_manifest_columns(out: OutputDir, columns: list[str]) -> pa.Table | None:
+    """manifest.parquet's columns, or None when it is absent or unreadable. It is only a view
+    of the journal (rebuilt by the next run): a garbage file must not make the folder unusable."""
+    if not out.manifest.exists():
+        return None
+    try:
+        return pq.read_table(local_path(out.manifest), columns=columns, filesystem=LOCAL)
+    except (OSError, pa.ArrowException, ValueError):
+        return None

@@ -9,6 +9,7 @@ on replay, so the journal always replays to a consistent state.
 from __future__ import annotations
 
 import json
+import math
 import os
 import threading
 import time
@@ -80,6 +81,7 @@ class ItemState:
     # or the run died between `sent` and the answer. They stay counted for good, even once a
     # later attempt succeeds: the server may have billed them all the same.
     unanswered: int = 0
+    submitted_at: float | None = None  # v2: when the job behind request_id was submitted (epoch)
     row: dict[str, Any] = field(default_factory=dict)
     open_attempt: bool = field(default=False, repr=False)  # a `sent` with no outcome after it yet
 
@@ -89,6 +91,8 @@ class Replay:
     items: dict[str, ItemState]
     runs: list[dict[str, Any]]
     torn_lines: int
+    bad_lines: int = 0  # whole lines whose fields have the wrong types: skipped
+    max_cost: float = 0.0  # the highest cost one attempt was booked at
 
     @property
     def spent(self) -> float:
@@ -97,6 +101,10 @@ class Replay:
     @property
     def unanswered(self) -> int:
         return sum(s.unanswered for s in self.items.values())
+
+    @property
+    def on_server(self) -> int:
+        return sum(holds_job(s) for s in self.items.values())
 
     @property
     def price(self) -> float | None:
@@ -179,6 +187,12 @@ class GroupSync:
             waiter.gate.release()
 
 
+def holds_job(state: ItemState) -> bool:
+    """A v2 job was submitted for the item and neither collected, nor known FAILED or expired:
+    the server bills it when it completes, whether anyone polls it or not."""
+    return state.status == ItemStatus.PENDING.value and bool(state.request_id) and not state.open_attempt
+
+
 def latest_price(runs: list[dict[str, Any]]) -> float | None:
     """The price per image the latest run assumed, to value attempts with no answer."""
     for run in reversed(runs):
@@ -190,7 +204,7 @@ def latest_price(runs: list[dict[str, Any]]) -> float | None:
 class Journal:
     def __init__(self, path: Path):
         self.path = path
-        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
         self._lock = threading.Lock()
         self._written = 0  # lines written; line k is durable once self._sync has covered k
         self._sync = GroupSync(self._fd, lambda: self._written)
@@ -300,6 +314,8 @@ def apply_event(event: dict[str, Any], state: ItemState) -> None:
     if kind == JournalEventKind.SENT:
         if state.open_attempt:
             state.unanswered += 1  # the previous attempt was cut off by a crash
+        elif holds_job(state):
+            state.unanswered += 1  # bought again while its v2 job was never collected: billed too
         state.open_attempt = True
         state.status = ItemStatus.SENT.value
         state.request_id = None  # a new request: an earlier v2 job id no longer stands for the item
@@ -313,6 +329,7 @@ def apply_event(event: dict[str, Any], state: ItemState) -> None:
         state.open_attempt = False
         state.status = ItemStatus.PENDING.value
         state.request_id = event.get("rid")
+        state.submitted_at = event.get("at")
         state.attempts = max(state.attempts, int(event.get("n") or 0))
     elif kind == JournalEventKind.EXPIRED:
         # The job was created, and may have completed and been billed before its result expired.
@@ -349,10 +366,15 @@ def apply_event(event: dict[str, Any], state: ItemState) -> None:
 def replay(path: Path) -> Replay:
     items: dict[str, ItemState] = {}
     runs: list[dict[str, Any]] = []
-    torn = 0
-    for event in read_events(path):
-        if event is None:
+    torn = bad = 0
+    max_cost = 0.0
+    for raw in read_events(path):
+        if raw is None:
             torn += 1
+            continue
+        event = clean_event(raw)
+        if event is None:
+            bad += 1
             continue
         kind = event.get("e")
         if kind == "run":
@@ -361,9 +383,78 @@ def replay(path: Path) -> Replay:
         item_id = event.get("id")
         if not isinstance(item_id, str):
             continue
+        max_cost = max(max_cost, event.get("cost") or 0.0)
         apply_event(event, items.setdefault(item_id, ItemState()))
     # A request on record as sent with no answer on record was cut off by a crash.
     for state in items.values():
         if state.open_attempt:
             state.unanswered += 1
-    return Replay(items, runs, torn)
+    return Replay(items, runs, torn, bad, max_cost)
+
+
+# ---------------------------------------------------------------------- what a line may hold
+
+MAX_BOOKED_COST = 100.0  # dollars for one attempt: the settings' own ceiling on a price
+SEED_MAX = 2**63 - 1  # the seed column is a signed 64-bit integer
+_KINDS = {kind.value for kind in JournalEventKind}
+_STATUSES = {status.value for status in ItemStatus}
+# Fields that only describe an item: one of the wrong type is dropped, never fatal.
+_NUMBERS = ("latency", "remaining_credits", "at")
+_INTEGERS = ("http", "http_status")
+_TEXTS = ("request_id", "error")
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _whole(value: Any, high: int = SEED_MAX) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= high
+
+
+def clean_event(event: dict[str, Any]) -> dict[str, Any] | None:
+    """The event as replay may apply it, or None when it cannot be trusted (skipped, counted).
+
+    A line is skipped when a field that decides the books or the item's fate has the wrong type:
+    the kind, the id, the attempt number, a cost (finite, 0 to MAX_BOOKED_COST), a done line's
+    status, a success's image path, a v2 request id. Skipping is safe: the attempt's `sent`
+    line then has no outcome, so it counts as possibly billed, and an image saved on disk is
+    adopted again. A descriptive field of the wrong type (a seed past 2^63, a latency that is
+    text) is dropped and the rest of the line kept."""
+    kind = event.get("e")
+    if kind == JournalEventKind.RUN:
+        if "price_per_image" in event and not _number(event["price_per_image"]):
+            event = {k: v for k, v in event.items() if k != "price_per_image"}
+        return event
+    if kind not in _KINDS:
+        return event  # a kind from a later version: replay ignores it
+    if not isinstance(event.get("id"), str):
+        return None
+    if "n" in event and event["n"] is not None and not _whole(event["n"]):
+        return None
+    cost = event.get("cost")
+    if cost is not None and not (_number(cost) and 0 <= cost <= MAX_BOOKED_COST):
+        return None
+    if kind in (JournalEventKind.SUBMITTED, JournalEventKind.EXPIRED) and not isinstance(event.get("rid"), str):
+        return None
+    if kind == JournalEventKind.DONE:
+        status = event.get("status")
+        if status not in _STATUSES:
+            return None
+        if status == ItemStatus.SUCCEEDED.value and not isinstance(event.get("image_path"), str):
+            return None
+    if kind in (JournalEventKind.SENT, JournalEventKind.ATTEMPT):
+        for flag in ("answered", "reached"):
+            if flag in event and not isinstance(event[flag], bool):
+                return None
+    given = {name: value for name, value in event.items() if value is not None}
+    dropped = [name for name in _NUMBERS if name in given and not _number(given[name])]
+    dropped += [name for name in _INTEGERS if name in given and not _whole(given[name], 999)]
+    dropped += [name for name in _TEXTS if name in given and not isinstance(given[name], str)]
+    if "seed_value" in given and not _whole(given["seed_value"]):
+        dropped.append("seed_value")
+    if "row" in event and not isinstance(event["row"], dict):
+        dropped.append("row")
+    if not dropped:
+        return event
+    return {k: v for k, v in event.items() if k not in dropped}

@@ -32,10 +32,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 
-from batch_runner.store.journal import ItemState, ItemStatus, apply_event, latest_price
+from batch_runner.store.journal import ItemState, ItemStatus, apply_event, clean_event, latest_price
 from batch_runner.store.output_dir import OutputDir, fsync_dir
 
-VERSION = 1
+VERSION = 2  # 2: submitted_at, and the counts of bad lines and the highest cost in the metadata
 _META_KEY = b"batch_runner.ledger"
 _CHECK_BYTES = 4096
 _LINES_PER_CHUNK = 20_000  # journal lines parsed at once while replaying a tail
@@ -61,6 +61,7 @@ SCHEMA = pa.schema(
         ("finished_at", pa.float64()),
         ("rate_limited", pa.int64()),
         ("unanswered", pa.int64()),  # closed attempts only; an open one is added when read
+        ("submitted_at", pa.float64()),
         ("open_attempt", pa.bool_()),
         ("row", pa.string()),  # the item's row as JSON, "" when the journal has none
     ]
@@ -180,6 +181,8 @@ class Ledger:
         self.runs: list[dict[str, Any]] = []
         self._torn = 0  # torn lines before self.offset
         self._torn_tail = 0  # a last line with no newline yet: torn, or a writer mid-line
+        self.bad_lines = 0  # whole lines skipped for wrongly typed fields (journal.clean_event)
+        self.max_cost = 0.0  # the highest cost one attempt was booked at, in any run
         self.offset = 0  # journal bytes folded into the table (always just after a newline)
         self.item_offset = 0  # where the last item event ends: the manifest's freshness stamp
         self.from_snapshot = False
@@ -262,6 +265,7 @@ class Ledger:
             self._maps = [m for _, _, m in opened] + [mapped]
             self.table = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
             self.runs, self._torn = list(meta["runs"]), int(meta["torn"])
+            self.bad_lines, self.max_cost = int(meta["bad"]), float(meta["max_cost"])
             self.offset, self.item_offset = offset, int(meta["item_offset"])
             self._chain, self._seq, self._meta_offset = list(meta["chain"]), seq, offset
             self._base_rows, self._saved_rows = len(tables[0]), len(self.table)
@@ -307,6 +311,10 @@ class Ledger:
             if not isinstance(event, dict):
                 self._torn += 1
                 continue
+            event = clean_event(event)
+            if event is None:
+                self.bad_lines += 1
+                continue
             if event.get("e") == "run":
                 self.runs.append(event)
                 continue
@@ -321,6 +329,9 @@ class Ledger:
         for end, event in events:
             apply_event(event, touched[event["id"]])
             self.item_offset = end
+            cost = event.get("cost")
+            if cost and cost > self.max_cost:
+                self.max_cost = float(cost)
 
     def _states(self, ids: list[str]) -> list[ItemState | None]:
         """Raw states (open attempt not yet counted) from the table, None where absent."""
@@ -459,6 +470,18 @@ class Ledger:
         return int(self._sum("rate_limited"))
 
     @property
+    def on_server(self) -> int:
+        """Items whose v2 job is on the server, not yet collected (journal.holds_job)."""
+        if not len(self.table):
+            return 0
+        table = self.table
+        pending = pc.and_(pc.equal(table.column("status"), ItemStatus.PENDING.value), pa.array(self._live))
+        has_id = pc.greater(pc.binary_length(table.column("request_id")), 0)
+        polled = pc.and_(has_id, pc.invert(table.column("open_attempt")))
+        mask = pc.and_(pending, polled).fill_null(False)
+        return int(pc.sum(pc.cast(mask, pa.int64())).as_py() or 0)
+
+    @property
     def price(self) -> float | None:
         return latest_price(self.runs)
 
@@ -500,6 +523,8 @@ class Ledger:
             "check": _hash_before(self.out.journal, self.offset) if self.out.journal.exists() else "",
             "item_offset": self.item_offset,
             "torn": self._torn,
+            "bad": self.bad_lines,
+            "max_cost": self.max_cost,
             "runs": self.runs,
             "chain": chain,
         }

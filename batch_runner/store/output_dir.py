@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -20,6 +21,8 @@ RUNS = "runs.jsonl"
 PACING = "pacing.json"
 LOCK = ".lock"
 _PARTIAL = ".partial"
+# Never follow a link where the runner writes: a pre-made `.lock -> ~/.bashrc` would be truncated.
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 
 class AlreadyRunning(Exception):
@@ -78,7 +81,8 @@ class OutputDir:
         flock is released by the kernel when the process dies, even by kill -9, so a crashed
         run never leaves the folder stuck."""
         self.path.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        self.refuse_links()
+        fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT | _NOFOLLOW, 0o644)
         deadline = time.monotonic() + wait_s
         while True:
             try:
@@ -96,6 +100,23 @@ class OutputDir:
         os.write(fd, str(os.getpid()).encode())
         self._lock_fd = fd
 
+    def refuse_links(self) -> None:
+        """OSError(ELOOP) naming the first of the folder's own files that is a symbolic link:
+        writing through it would overwrite whatever it points at."""
+        names = [LOCK, JOURNAL, MANIFEST, METADATA, RUNS, PACING, IMAGES]
+        names += [p.name for p in self.path.glob("ledger-*.arrow")]
+        if self.images.is_dir() and not self.images.is_symlink():
+            names += [f"{IMAGES}/{p.name}" for p in self.images.iterdir() if p.is_symlink()]
+        for name in names:
+            path = self.path / name
+            if path.is_symlink():
+                raise OSError(
+                    errno.ELOOP,
+                    f"{path} is a symbolic link; the runner never writes through links in its output folder: "
+                    "remove it, or choose another --output",
+                    str(path),
+                )
+
     def unlock(self) -> None:
         if self._images_fd is not None:
             os.close(self._images_fd)
@@ -107,7 +128,7 @@ class OutputDir:
     def append_run_record(self, record: dict[str, Any]) -> None:
         """One line per run in runs.jsonl, for monitors and dashboards; fsynced like the journal."""
         line = (json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
-        fd = os.open(self.runs, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = os.open(self.runs, os.O_WRONLY | os.O_APPEND | os.O_CREAT | _NOFOLLOW, 0o644)
         try:
             os.write(fd, line)
             os.fsync(fd)
