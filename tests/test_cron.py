@@ -359,9 +359,10 @@ def test_the_readme_systemd_units_verify_and_run_the_crontab_command(tmp_path):
     assert f"WorkingDirectory={DOC_PROJECT}\n" in service
     assert "OnCalendar=*-*-* 01:30\n" in timer and "Persistent=true\n" in timer
 
-    # The same command as the crontab line, but for the progress lines the journal keeps.
+    # The same command as the crontab line, but for the progress lines the journal keeps and the
+    # key, which the unit passes as a credential (tests/test_systemd_unit.py).
     def settings(words: list[str]) -> list[str]:
-        for name in ("--progress", "--log-interval"):
+        for name in ("--progress", "--log-interval", "--api-key-file"):
             while name in words:
                 i = words.index(name)
                 words = words[:i] + words[i + 2 :]

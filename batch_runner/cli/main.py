@@ -9,10 +9,11 @@ import sys
 from collections.abc import Sequence
 
 from batch_runner import __version__, exit_codes
-from batch_runner.cli import plan, report, run, sandbox, status
+from batch_runner.cli import init, plan, report, run, sandbox, status
 from batch_runner.errors import ManifestError, UsageError
 
 COMMANDS = (
+    init.register,
     plan.register,
     run.register,
     status.register,

@@ -18,6 +18,7 @@ import json
 import re
 import struct
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -124,13 +125,38 @@ def embed(data: bytes, extension: str, recipe: dict) -> bytes:
     return data
 
 
+def _jpeg_segments(data: bytes) -> Iterator[tuple[int, bytes]]:
+    """(marker, payload) of each segment before the image data: APP0 … APP15, COM, tables."""
+    position = 2
+    while position + 4 <= len(data) and data[position] == 0xFF:
+        marker = data[position + 1]
+        if marker in (0xD9, 0xDA):  # end of image, start of scan: no metadata past here
+            return
+        length = struct.unpack(">H", data[position + 2 : position + 4])[0]
+        yield marker, data[position + 4 : position + 2 + length]
+        position += 2 + length
+
+
+def _jpeg_xmp(path: Path) -> bytes | None:
+    # Read from the bytes, not from Pillow's info["xmp"]: Pillow puts a JPEG's XMP there only
+    # from 10.4, and the declared minimum is 10.1.
+    data = path.read_bytes()
+    if data[:2] != b"\xff\xd8":
+        return None
+    for marker, payload in _jpeg_segments(data):
+        if marker == 0xE1 and payload.startswith(_XMP_HEADER):
+            return payload[len(_XMP_HEADER) :]
+    return None
+
+
 def read(path: Path) -> dict | None:
     """The recipe an image carries, or None."""
     with Image.open(path) as image:
         info = dict(image.info)
+        kind = image.format
     if PNG_KEY in info:
         return json.loads(info[PNG_KEY])
-    xmp = info.get("xmp")
+    xmp = _jpeg_xmp(path) if kind == "JPEG" else info.get("xmp")
     if isinstance(xmp, str):
         xmp = xmp.encode("utf-8")
     if isinstance(xmp, bytes) and (match := _XMP_RECIPE.search(xmp)):
