@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from batch_runner import exit_codes, humanize
 from batch_runner.cli.options import add_run_settings, load, setting
-from batch_runner.errors import ManifestError, UsageError
+from batch_runner.errors import EndpointMismatch, KeyProblem, ManifestError, MixedOutput, UsageError
 from batch_runner.launch import API_KEY_ENV
 from batch_runner.settings import DEFAULT_LOG_INTERVAL_S, DEFAULT_MAX_ATTEMPTS, DEFAULT_TIMEOUT_S, Options, ProgressMode
 
@@ -75,30 +75,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=cmd_run)
 
 
-def _read_key(args: argparse.Namespace) -> str:
-    if args.api_key_file:
-        path = Path(args.api_key_file)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise UsageError(f"--api-key-file {path}: cannot read it ({exc.strerror})")
-        except UnicodeDecodeError:
-            raise UsageError(f"--api-key-file {path} is not UTF-8 text; put only the API key in it")
-        lines = [line.strip() for line in text.splitlines() if line.strip()]
-        if not lines:
-            raise UsageError(f"--api-key-file {path} is empty; put the API key in it")
-        if len(lines) > 1:
-            # Which line is the key? Guessing could send a password or a second account's key.
-            raise UsageError(
-                f"--api-key-file {path} has {len(lines)} non-empty lines; it must hold only the API key, on one line"
-            )
-        return lines[0]
-    key = os.environ.get(API_KEY_ENV, "").strip()
-    if not key:
-        raise UsageError(
+def key_problem(exc: KeyProblem) -> UsageError:
+    """The key's problem, naming the flag or the variable it came from."""
+    if exc.source is None:
+        return UsageError(
             f"no API key: set {API_KEY_ENV} or pass --api-key-file FILE (or try the job for free with --sandbox)"
         )
-    return key
+    where = {"file": f"--api-key-file {exc.path}: ", "env": f"${API_KEY_ENV}: "}.get(exc.source, "")
+    return UsageError(where + exc.problem)
+
+
+def endpoint_mismatch(exc: EndpointMismatch) -> UsageError:
+    return UsageError(exc.worded(lambda url: f"--endpoint {url}", lambda api: f"--api {api}"))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -148,14 +136,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, job: Job, settings: Settings, log: Callable[[str], None]) -> tuple[int, str]:
-    from batch_runner.engine.runner import MixedOutput
-    from batch_runner.launch import default_output, runner_for
+    from batch_runner.launch import output_for, runner_for
     from batch_runner.store.output_dir import AlreadyRunning
 
-    if args.sandbox and args.endpoint:
-        raise UsageError("--sandbox and --endpoint cannot be used together")
-    key = None if args.sandbox else _read_key(args)
-    output = Path(args.output) if args.output else default_output(job, args.sandbox)
+    output = output_for(job, args.output, args.sandbox)
     options = Options(
         max_attempts=args.max_attempts,
         timeout=args.timeout,
@@ -166,11 +150,17 @@ def _run(args: argparse.Namespace, job: Job, settings: Settings, log: Callable[[
     )
     runner: Runner | None = None
     try:
-        with runner_for(job, settings, options, output, args.sandbox, args.endpoint, key, log) as runner:
+        with runner_for(
+            job, settings, options, output, args.sandbox, args.endpoint, log=log, key_file=args.api_key_file
+        ) as runner:
             with _signals_stop(runner, log):
                 outcome = runner.run()
+    except KeyProblem as exc:
+        raise key_problem(exc) from None
+    except EndpointMismatch as exc:
+        raise endpoint_mismatch(exc) from None
     except MixedOutput as exc:
-        raise UsageError(f"{exc} Choose another --output.")
+        raise UsageError(f"{exc} Choose another --output.") from None
     except AlreadyRunning as exc:
         if runner is not None and runner.stop_reason is not None:  # Ctrl-C while queueing: nothing ran
             return exit_codes.INTERRUPTED, f"stopped: interrupted ({runner.stop_message}) while waiting: {exc}"
@@ -210,7 +200,10 @@ def _signals_stop(runner: Runner, log: Callable[[str], None]) -> Iterator[None]:
         interrupts += 1
         if interrupts >= 2:
             os.write(2, b"second interrupt: exiting now; requests in flight are abandoned\n")
-            os._exit(exit_codes.INTERRUPTED)
+            try:  # the run's line in runs.jsonl, from its counters: a monitor still sees the run
+                runner.record_abandoned(f"{signal.Signals(signum).name} twice: left with requests in flight")
+            finally:
+                os._exit(exit_codes.INTERRUPTED)
         name = signal.Signals(signum).name
         threading.Thread(target=stop, args=(name,), name="stop-on-signal", daemon=True).start()
 
