@@ -5,7 +5,8 @@
     ├── UsageError                a bad setting, key, endpoint or folder: nothing was sent
     │   ├── MixedOutput           the folder holds the other kind of results (sandbox or real)
     │   ├── EndpointMismatch      the endpoint is not the URL the API mode speaks (v1 vs v2)
-    │   └── KeyProblem            the API key is missing, unreadable or not a key
+    │   ├── KeyProblem            the API key is missing, unreadable or not a key
+    │   └── OptionError           one named option's value is wrong (a report's rows, ...)
     └── AlreadyRunning            another run holds the output folder (store/output_dir.py)
 
 A stopped run is not an error: it returns a RunOutcome with its stop_reason.
@@ -84,6 +85,19 @@ class EndpointMismatch(UsageError):
             f"{endpoint(self.endpoint)} is the asynchronous v2 API, which {api('sync')} (the default) does not "
             f"speak; pass {api('async')} to submit and poll, or use the v1 URL ({self.suggested})"
         )
+
+
+class OptionError(UsageError):
+    """One option's value is wrong. `option` is its name as Python spells it (rows, items);
+    `problem` is the rest of the message, with the fix. str() names the option by that name;
+    the command names it by its flag (--rows)."""
+
+    def __init__(self, option: str, problem: str):
+        self.option, self.problem = option, problem
+        super().__init__(f"{option} {problem}")
+
+    def worded(self, name: Callable[[str], str]) -> str:
+        return f"{name(self.option)} {self.problem}"
 
 
 class KeyProblem(UsageError):

@@ -16,10 +16,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from batch_runner import exit_codes, humanize
-from batch_runner.cli.options import add_run_settings, load, setting
-from batch_runner.errors import EndpointMismatch, KeyProblem, ManifestError, MixedOutput, UsageError
-from batch_runner.launch import API_KEY_ENV
-from batch_runner.settings import DEFAULT_LOG_INTERVAL_S, DEFAULT_MAX_ATTEMPTS, DEFAULT_TIMEOUT_S, Options, ProgressMode
+from batch_runner.cli.options import API_KEY_ENV, add_run_options, add_run_settings, flag_options, load, worded
+from batch_runner.errors import ManifestError, UsageError
+from batch_runner.settings import ProgressMode
 
 if TYPE_CHECKING:
     from batch_runner.engine.outcome import RunOutcome
@@ -35,58 +34,17 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Generate every item of JOB. Running the same command again resumes: finished items are "
         "skipped. Exit codes: 0 all succeeded, 1 some failed, 2 bad input, 3 stopped on credits or budget, "
         "4 fatal API error, 5 output folder busy, 70 internal error, 74 output folder not writable, "
-        "75 temporary (endpoint unreachable or rate-limiting past --max-wait: run again later), 130 interrupted.",
+        "75 temporary (--max-duration or --max-cost-per-run reached, or the endpoint unreachable or "
+        "rate-limiting past --max-wait: run again later), 130 interrupted.",
     )
     p.add_argument("job", help="a .yaml or .csv/.tsv manifest")
     p.add_argument("--output", "-o", help="results folder (default outputs/<job name>)")
     p.add_argument("--endpoint", help="generation URL (default Segmind's; e.g. a sandbox or a proxy)")
     p.add_argument("--api-key-file", help=f"read the API key from this file (default: ${API_KEY_ENV})")
     p.add_argument("--sandbox", action="store_true", help="run against a built-in local sandbox: no key, no credits")
-    p.add_argument("--retry-failed", action="store_true", help="send items that failed in earlier runs again")
-    p.add_argument(
-        "--max-attempts",
-        type=setting("max_attempts"),
-        default=DEFAULT_MAX_ATTEMPTS,
-        help="tries per item for retryable errors",
-    )
-    p.add_argument(
-        "--timeout", type=setting("timeout"), default=DEFAULT_TIMEOUT_S, help="overall seconds allowed per request"
-    )
-    p.add_argument(
-        "--progress",
-        choices=[mode.value for mode in ProgressMode],
-        default=ProgressMode.AUTO.value,
-        help="bar on a terminal, log lines otherwise (auto)",
-    )
-    p.add_argument(
-        "--log-interval",
-        type=setting("log_interval"),
-        default=DEFAULT_LOG_INTERVAL_S,
-        help="seconds between progress log lines",
-    )
-    p.add_argument(
-        "--wait-lock",
-        type=setting("wait_lock"),
-        default=0.0,
-        metavar="SECONDS",
-        help="if another run holds the output folder, wait up to this long for it (default: exit 5 at once)",
-    )
+    add_run_options(p)
     add_run_settings(p)
     p.set_defaults(handler=cmd_run)
-
-
-def key_problem(exc: KeyProblem) -> UsageError:
-    """The key's problem, naming the flag or the variable it came from."""
-    if exc.source is None:
-        return UsageError(
-            f"no API key: set {API_KEY_ENV} or pass --api-key-file FILE (or try the job for free with --sandbox)"
-        )
-    where = {"file": f"--api-key-file {exc.path}: ", "env": f"${API_KEY_ENV}: "}.get(exc.source, "")
-    return UsageError(where + exc.problem)
-
-
-def endpoint_mismatch(exc: EndpointMismatch) -> UsageError:
-    return UsageError(exc.worded(lambda url: f"--endpoint {url}", lambda api: f"--api {api}"))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -140,14 +98,7 @@ def _run(args: argparse.Namespace, job: Job, settings: Settings, log: Callable[[
     from batch_runner.store.output_dir import AlreadyRunning
 
     output = output_for(job, args.output, args.sandbox)
-    options = Options(
-        max_attempts=args.max_attempts,
-        timeout=args.timeout,
-        retry_failed=args.retry_failed,
-        progress=ProgressMode(args.progress),
-        log_interval=args.log_interval,
-        wait_lock=args.wait_lock,
-    )
+    options = flag_options(args)
     runner: Runner | None = None
     try:
         with runner_for(
@@ -155,12 +106,8 @@ def _run(args: argparse.Namespace, job: Job, settings: Settings, log: Callable[[
         ) as runner:
             with _signals_stop(runner, log):
                 outcome = runner.run()
-    except KeyProblem as exc:
-        raise key_problem(exc) from None
-    except EndpointMismatch as exc:
-        raise endpoint_mismatch(exc) from None
-    except MixedOutput as exc:
-        raise UsageError(f"{exc} Choose another --output.") from None
+    except UsageError as exc:  # KeyProblem, EndpointMismatch, MixedOutput: worded with flags
+        raise UsageError(worded(exc)) from None
     except AlreadyRunning as exc:
         if runner is not None and runner.stop_reason is not None:  # Ctrl-C while queueing: nothing ran
             return exit_codes.INTERRUPTED, f"stopped: interrupted ({runner.stop_message}) while waiting: {exc}"

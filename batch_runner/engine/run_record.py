@@ -19,7 +19,7 @@ def iso(epoch: float) -> str:
 def _versions() -> dict[str, str]:
     import requests
 
-    from batch_runner import __version__
+    from batch_runner.version import __version__
 
     return {"batch_runner": __version__, "python": platform.python_version(), "requests": requests.__version__}
 

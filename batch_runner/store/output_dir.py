@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from batch_runner.errors import BatchRunnerError
 from batch_runner.store.journal import GroupSync
 
 IMAGES = "images"
@@ -22,8 +23,8 @@ LOCK = ".lock"
 _PARTIAL = ".partial"
 
 
-class AlreadyRunning(Exception):
-    pass
+class AlreadyRunning(BatchRunnerError):
+    """Another run holds the output folder (its lock); nothing was sent."""
 
 
 def fsync_dir(path: Path) -> None:
