@@ -350,6 +350,9 @@ class RunSettings:
     """The settings one source sets (a manifest, or the flags), by name; an unset one reads as
     None. Made only of Settings' names, each already checked by its rule."""
 
+    # Its fields are Settings' own, so dataclasses.fields(RunSettings) lists them as before.
+    __dataclass_fields__ = {f.name: f for f in SETTING_FIELDS}
+
     def __init__(self, **values: Any):
         unknown = set(values) - set(MANIFEST_KEYS)
         if unknown:
