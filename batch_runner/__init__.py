@@ -10,6 +10,8 @@ Three calls, the same ones the `batch-runner` command makes:
 
 run() installs no signal handlers, never exits the process and prints nothing (pass `log` to see
 its messages); a run that stops says why in `outcome.stop_reason`, and running it again resumes.
+Settings are typed keywords (a misspelled one is a type error, and a UsageError naming the
+nearest one at run time); every error raised on purpose is a BatchRunnerError (see errors.py).
 """
 
 from __future__ import annotations
@@ -19,28 +21,46 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from batch_runner.engine.outcome import RunOutcome, StopReason
-from batch_runner.errors import ManifestError, Problem, UsageError
+from batch_runner.errors import (
+    BatchRunnerError,
+    EndpointMismatch,
+    KeyProblem,
+    ManifestError,
+    MixedOutput,
+    Problem,
+    UsageError,
+)
 from batch_runner.job.items import Item
 from batch_runner.job.manifest import Job, load_job
 from batch_runner.job.plan import Plan
-from batch_runner.settings import ProgressMode, Settings
+from batch_runner.settings import Options, ProgressMode, RunKeywords, SettingKeywords, Settings
+from batch_runner.version import __version__
 
 if TYPE_CHECKING:
-    from batch_runner.results.summaries import RunResults
+    # Imported when first used (see __getattr__), but typed for checkers as if here.
+    from typing_extensions import Unpack
+
+    from batch_runner.results.summaries import RunResults, load
     from batch_runner.store.output_dir import AlreadyRunning
 
-__version__ = "0.1.0"
 
 __all__ = [
     "AlreadyRunning",
+    "BatchRunnerError",
+    "EndpointMismatch",
     "Item",
     "Job",
+    "KeyProblem",
     "ManifestError",
+    "MixedOutput",
+    "Options",
     "Plan",
     "Problem",
     "ProgressMode",
+    "RunKeywords",
     "RunOutcome",
     "RunResults",
+    "SettingKeywords",
     "Settings",
     "StopReason",
     "UsageError",
@@ -58,7 +78,7 @@ def _job(job: JobSource) -> Job:
     return job if isinstance(job, Job) else load_job(job)
 
 
-def plan(job: JobSource, **settings: Any) -> Plan:
+def plan(job: JobSource, **settings: Unpack[SettingKeywords]) -> Plan:
     """What a job will do and cost, spending nothing. `settings` override the manifest's, by the
     names of its keys (concurrency=8, price_per_image=0.08, ...). Raises ManifestError listing
     every problem in the job, UsageError for an unknown or invalid setting."""
@@ -78,7 +98,7 @@ def run(
     endpoint: str | None = None,
     api_key: str | None = None,
     log: Callable[[str], None] | None = None,
-    **settings: Any,
+    **settings: Unpack[RunKeywords],
 ) -> RunOutcome:
     """Run a job into `output` (default outputs/<job name>, or outputs/<job name>-sandbox) and
     say how it went. Running it again resumes: finished items are skipped.
@@ -94,15 +114,17 @@ def run(
     - `ping_url` is the command's: run() sends no pings.
 
     A stopped run is not an exception: see `outcome.stop_reason` and `outcome.exit_code`.
-    Raises ManifestError or UsageError for bad input (nothing sent), AlreadyRunning when
-    another run holds the output folder (wait_lock=seconds queues behind it), OSError when the
-    folder cannot be written.
+    Raises ManifestError or UsageError for bad input (nothing sent; among them KeyProblem for
+    the key, EndpointMismatch for the other API's URL, MixedOutput for a folder of the other
+    kind of results), AlreadyRunning when another run holds the output folder (wait_lock=seconds
+    queues behind it): all BatchRunnerErrors. OSError when the folder cannot be written.
     """
     from batch_runner.launch import runner_for
     from batch_runner.settings import resolve, split_named
 
     loaded = _job(job)
-    settings.setdefault("progress", ProgressMode.LOG if log else ProgressMode.QUIET)
+    if settings.get("progress") is None:
+        settings["progress"] = ProgressMode.LOG if log else ProgressMode.QUIET
     overrides, options = split_named(settings)
     chosen = resolve(loaded.settings, overrides)
     with runner_for(loaded, chosen, options, output, sandbox, endpoint, api_key, log) as runner:

@@ -139,32 +139,135 @@ def test_each_folder_imports_only_what_the_architecture_note_allows():
     assert found == []
 
 
-def test_the_engine_speaks_no_cli_no_flags_no_signals_no_exits():
-    """Flags, signals and the process's exit belong to cli/; the engine reports facts, and
+def _strings(path: Path) -> list[ast.Constant]:
+    """The string constants of a module that are not docstrings."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    docstrings = {
+        id(node.body[0].value)
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.Module, ast.FunctionDef, ast.ClassDef, ast.AsyncFunctionDef))
+        and node.body
+        and isinstance(node.body[0], ast.Expr)
+        and isinstance(node.body[0].value, ast.Constant)
+    }
+    return [
+        node
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings
+    ]
+
+
+_FLAG = re.compile(r"(?<![\w-])--[a-z]")
+
+
+def test_flags_are_named_only_in_cli():
+    """Below cli/, a message names a setting by its keyword (run()'s, a manifest's) or raises a
+    structured error that cli/ words with its flags: a Python caller is never told of a flag."""
+    found = [
+        f"{path.relative_to(REPO)}:{node.lineno} names a flag: {node.value!r}"
+        for path in _sources()
+        if _folder(_module_name(path)) != "cli"
+        for node in _strings(path)
+        if _FLAG.search(node.value)
+    ]
+    assert found == []
+
+
+def test_the_engine_speaks_no_cli_no_signals_no_exits():
+    """Signals and the process's exit belong to cli/; the engine reports facts, and
     outcome.py holds the one table from a stop reason to an exit code."""
     found = []
     for path in sorted((PACKAGE / "engine").glob("*.py")):
         if path.name == "outcome.py":
             continue
-        tree = ast.parse(path.read_text(encoding="utf-8"))
-        docstrings = {
-            id(node.body[0].value)
-            for node in ast.walk(tree)
-            if isinstance(node, (ast.Module, ast.FunctionDef, ast.ClassDef, ast.AsyncFunctionDef))
-            and node.body
-            and isinstance(node.body[0], ast.Expr)
-            and isinstance(node.body[0].value, ast.Constant)
-        }
-        for node in ast.walk(tree):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             where = f"{path.relative_to(REPO)}:{getattr(node, 'lineno', '?')}"
-            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
-                if any(f"--{word}" in node.value for word in ("max-", "retry", "endpoint", "output", "rpm")):
-                    found.append(f"{where} names a flag: {node.value!r}")
             if isinstance(node, ast.Attribute) and node.attr in ("_exit", "signal", "exit_codes", "exit"):
                 found.append(f"{where} uses .{node.attr}")
             if isinstance(node, ast.alias) and node.name in ("signal", "batch_runner.exit_codes", "exit_codes"):
                 found.append(f"{where} imports {node.name}")
     assert found == []
+
+
+def _runtime_edges() -> dict[str, set[str]]:
+    """module -> the package modules it imports when it runs (at the top or in a function).
+    `from pkg import sub` is an edge to pkg.sub when sub is a module, else to pkg."""
+    modules = {_module_name(path): path for path in _sources()}
+    edges: dict[str, set[str]] = {}
+    for here, path in modules.items():
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        parents = {child: parent for parent in ast.walk(tree) for child in ast.iter_child_nodes(parent)}
+        package = here if path.name == "__init__.py" else here.rsplit(".", 1)[0]
+        found: set[str] = set()
+        for node in ast.walk(tree):
+            if _type_checking_only(node, parents):
+                continue
+            if isinstance(node, ast.Import):
+                found |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    parts = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    base = ".".join(parts + ([base] if base else []))
+                found |= {f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names}
+        edges[here] = {m for m in found if m in modules and m != here}
+    return edges
+
+
+# Cycles in files other branches own, left for them (the lead removes a line once it is fixed).
+_CYCLES_ELSEWHERE = {("batch_runner.sandbox.api", "batch_runner.sandbox.queue")}  # trust: sandbox/*
+
+
+def test_no_module_imports_another_at_run_time_in_a_cycle():
+    edges = _runtime_edges()
+    cycles = set()
+    for origin in edges:
+        stack = [(origin, [origin])]
+        seen: set[str] = set()
+        while stack:
+            node, trail = stack.pop()
+            for nxt in edges[node]:
+                if nxt == origin:
+                    cycles.add(tuple(sorted(trail)))
+                elif nxt not in seen:
+                    seen.add(nxt)
+                    stack.append((nxt, [*trail, nxt]))
+    assert cycles - _CYCLES_ELSEWHERE == set()
+
+
+# The pacing branch splits the Pacer (issue 18, item 2); the lead removes this line after the merge.
+_LARGE_CLASSES_ELSEWHERE = {"batch_runner/engine/pacing.py"}
+
+
+def test_no_class_is_over_400_lines():
+    found = [
+        f"{path.relative_to(REPO)}:{node.lineno} {node.name} has {node.end_lineno - node.lineno + 1} lines"
+        for path in _sources()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+        if isinstance(node, ast.ClassDef)
+        and node.end_lineno
+        and node.end_lineno - node.lineno + 1 > 400
+        and path.relative_to(REPO).as_posix() not in _LARGE_CLASSES_ELSEWHERE
+    ]
+    assert found == []
+
+
+# Private reaches in files other branches own, left for them: pacing (engine/pacing.py's Ticket
+# calls its Pacer's private methods) and trust (the sandbox's queue, the ledger's loader).
+_PRIVATE_REACHES_ELSEWHERE = {
+    "batch_runner/engine/pacing.py",
+    "batch_runner/sandbox/queue.py",
+    "batch_runner/store/ledger.py",
+}
+
+
+def test_no_module_reaches_into_another_objects_private_members():
+    result = subprocess.run(
+        [sys.executable, "-m", "ruff", "check", "--select", "SLF001", "--output-format", "json", "batch_runner"],
+        capture_output=True, text=True, cwd=REPO, timeout=120,
+    )  # fmt: skip
+    reaches = {Path(f["filename"]).relative_to(REPO).as_posix() for f in json.loads(result.stdout)}
+    assert reaches - _PRIVATE_REACHES_ELSEWHERE == set()
 
 
 def test_plan_starts_without_pandas_pillow_or_the_sandbox():

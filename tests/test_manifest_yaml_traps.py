@@ -56,7 +56,8 @@ def test_an_unquoted_hex_colour_in_a_flow_mapping_names_a_line_inside_the_file(w
     path = write("j.yaml", text)
     stderr = rejected(
         run_cli("plan", str(path), timeout=FAST),
-        'j.yaml:4: broken YAML: an unquoted #FF0000 starts a comment, which cuts the line short; quote the colour: "#FF0000"',
+        "j.yaml:4: broken YAML: an unquoted #FF0000 starts a comment, which cuts the line short; "
+        'quote the colour: "#FF0000"',
     )
     assert "j.yaml:5" not in stderr  # the file has 4 lines
 

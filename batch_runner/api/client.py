@@ -575,7 +575,7 @@ class Client:
         where = f"{target.scheme}://{target.netloc}" if target.netloc else "another path"
         return FatalApiError(
             f"HTTP {response.status_code}: the endpoint redirects to {where}; redirects are not followed, "
-            "so the API key stays with the endpoint you named (give the final URL as --endpoint if you trust it)",
+            "so the API key stays with the endpoint you named (give the final URL as the endpoint if you trust it)",
             response.status_code,
         )
 

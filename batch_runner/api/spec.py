@@ -56,23 +56,17 @@ def endpoint_for(api: str) -> str:
     return ENDPOINT_V2 if api == "async" else ENDPOINT
 
 
-def endpoint_problem(endpoint: str, api: str) -> str | None:
-    """Why an endpoint cannot be used in this API mode, with the fix; None when it can.
+def endpoint_mismatch(endpoint: str, api: str) -> str | None:
+    """The URL to use instead when `endpoint` is the other API mode's, else None.
 
     v2 answers a POST with a queued job, not an image: posting to it as if it were v1 would pay
     for a job per attempt and never fetch one; and a v1 URL polled as v2 would bill every submit.
+    (errors.EndpointMismatch words it, for the command with its flags, for run() with keywords.)
     """
     if api != "async" and "/v2/" in endpoint:
-        return (
-            f"--endpoint {endpoint} is the asynchronous v2 API, which --api sync (the default) does not speak; "
-            f"pass --api async to submit and poll, or use the v1 URL ({endpoint.replace('/v2/', '/v1/', 1)})"
-        )
+        return endpoint.replace("/v2/", "/v1/", 1)
     if api == "async" and "/v2/" not in endpoint:
-        v2 = endpoint.replace("/v1/", "/v2/", 1) if "/v1/" in endpoint else ENDPOINT_V2
-        return (
-            f"--endpoint {endpoint} is not a v2 URL, which --api async needs; "
-            f"use the v2 URL ({v2}), or drop --api async to send it synchronous v1 requests"
-        )
+        return endpoint.replace("/v1/", "/v2/", 1) if "/v1/" in endpoint else ENDPOINT_V2
     return None
 
 

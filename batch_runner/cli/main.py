@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 from batch_runner import __version__, exit_codes
 from batch_runner.cli import init, plan, report, run, sandbox, status
+from batch_runner.cli.options import worded
 from batch_runner.errors import ManifestError, UsageError
 
 COMMANDS = (
@@ -49,7 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"  {problem}", file=sys.stderr)
         return exit_codes.USAGE
     except UsageError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {worded(exc)}", file=sys.stderr)  # a structured error, worded with flags
         return exit_codes.USAGE
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

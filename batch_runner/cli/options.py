@@ -1,25 +1,37 @@
-"""The flags several commands share, and their parsers: written once, checked by settings.py's
-rules (the same rules as a manifest's keys and run()'s keywords)."""
+"""The flags of every setting and run option, derived from settings.py's records: one flag per
+field, checked by the field's rule (the same rule as a manifest's key and run()'s keyword), its
+help from the field with other settings named as flags. Nothing here restates a default."""
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
-from dataclasses import fields
+from dataclasses import Field
 from typing import Any
 
-from batch_runner.api import spec as api_spec
+from batch_runner.errors import EndpointMismatch, KeyProblem, MixedOutput, OptionError, UsageError
 from batch_runner.job.manifest import Job, load_job
+from batch_runner.launch import API_KEY_ENV
 from batch_runner.settings import (
-    DEFAULT_CONCURRENCY,
-    DEFAULT_MAX_WAIT_S,
+    MANIFEST_KEYS,
+    OPTION_FIELDS,
+    SETTING_FIELDS,
+    Choice,
+    Limit,
+    Options,
     RunSettings,
     Settings,
-    check_api,
-    check_url,
-    parse_setting,
+    Switch,
+    Text,
+    parse_named,
     resolve,
+    rule_of,
 )
+
+
+def flag(name: str) -> str:
+    """A setting's flag: max_cost -> --max-cost."""
+    return "--" + name.replace("_", "-")
 
 
 def positive_int(text: str) -> int:
@@ -32,74 +44,86 @@ def positive_int(text: str) -> int:
     return value
 
 
-def setting(name: str) -> Callable[[str], int | float]:
-    """The argparse type of a setting's or an option's flag: the same limits as everywhere."""
+def setting(name: str) -> Callable[[str], Any]:
+    """The argparse type of a setting's or an option's flag: the same rule as everywhere, and
+    the problem worded with the flag."""
 
-    def parse(text: str) -> int | float:
+    def parse(text: str) -> Any:
         try:
-            return parse_setting(name, text)
+            return parse_named(name, text)
         except ValueError as exc:
-            raise argparse.ArgumentTypeError(str(exc))
+            message = str(exc)
+            if isinstance(rule_of(_FIELDS[name]), Text) and message.startswith(name + " "):
+                message = flag(name) + message[len(name) :]
+            raise argparse.ArgumentTypeError(message)
 
     return parse
 
 
-def _url(text: str) -> str:
-    if problem := check_url("--ping-url", text):
-        raise argparse.ArgumentTypeError(problem)
-    return text.strip()
+_FIELDS: dict[str, Field[Any]] = {f.name: f for f in (*SETTING_FIELDS, *OPTION_FIELDS)}
 
 
-def _api(text: str) -> str:
-    if problem := check_api("--api", text):
-        raise argparse.ArgumentTypeError(problem)
-    return text.strip().lower()
+def _help(f: Field[Any]) -> str:
+    return str(f.metadata["help"]).format(**{name: flag(name) for name in _FIELDS})
 
 
-# Every run setting's flag: (group, flag, metavar, help). The value's limits live in
-# settings.LIMITS, shared with the manifest's keys; --ping-url and --api are text settings.
-_SETTINGS_GROUP = "run settings (override the manifest)"
-_NIGHTLY_GROUP = "scheduled runs (cron, systemd timers; override the manifest)"
-_SETTING_FLAGS: list[tuple[str, str, str, str]] = [
-    (_SETTINGS_GROUP, "--concurrency", "N",
-     "most requests in flight; the pacer opens as many as the learned rate needs "
-     f"(default: manifest, else {DEFAULT_CONCURRENCY})"),
-    (_SETTINGS_GROUP, "--rpm", "N",
-     "your key's limit in requests per minute, if you know it: a ceiling never exceeded, and the starting pace"),
-    (_SETTINGS_GROUP, "--max-cost", "USD",
-     "never let spent + possibly billed + in flight pass this many dollars in this output folder, across runs"),
-    (_SETTINGS_GROUP, "--price-per-image", "USD",
-     f"dollars per image when the server sends no x-cost (default {api_spec.PRICE_PER_IMAGE:g})"),
-    (_SETTINGS_GROUP, "--api", "sync|async",
-     "sync: v1, one request per image (default); async: v2, submit then poll, so a crash costs at most one submit"),
-    (_NIGHTLY_GROUP, "--ping-url", "URL",
-     "tell a monitor how the run went: URL/start, then URL on success or URL/<exit code> (healthchecks.io)"),
-    (_NIGHTLY_GROUP, "--max-duration", "TIME",
-     "stop cleanly when this much time has passed (e.g. 6h, 90m, 3600), exit 75: the next run goes on"),
-    (_NIGHTLY_GROUP, "--max-cost-per-run", "USD",
-     "this run's share of the budget; --max-cost stays the cap for all runs of the output folder"),
-    (_NIGHTLY_GROUP, "--max-wait", "SECONDS",
-     "how long the pool waits for an unreachable or rate-limiting server before it stops with exit 75 "
-     f"(default {DEFAULT_MAX_WAIT_S:g})"),
-]  # fmt: skip
-
-_TEXT_SETTINGS: dict[str, Callable[[str], str]] = {"ping_url": _url, "api": _api}
+def _add(parser: argparse.ArgumentParser | Any, f: Field[Any], default: Any) -> None:
+    rule = rule_of(f)
+    kwargs: dict[str, Any] = {"help": _help(f)}
+    if f.metadata["metavar"]:
+        kwargs["metavar"] = f.metadata["metavar"]
+    if isinstance(rule, Switch):
+        parser.add_argument(flag(f.name), action="store_true", help=kwargs["help"])
+        return
+    if isinstance(rule, Choice):
+        kwargs["choices"] = list(rule.choices)
+        default = getattr(default, "value", default)
+    elif isinstance(rule, (Limit, Text)):
+        kwargs["type"] = setting(f.name)
+    parser.add_argument(flag(f.name), default=default, **kwargs)
 
 
 def add_run_settings(parser: argparse.ArgumentParser) -> None:
+    """A flag per setting, in its group; unset, a flag leaves the manifest's value (None)."""
     groups: dict[str, Any] = {}
-    for title, flag, metavar, help_text in _SETTING_FLAGS:
+    for f in SETTING_FIELDS:
+        title = f.metadata["group"]
         group = groups.get(title) or groups.setdefault(title, parser.add_argument_group(title))
-        name = flag[2:].replace("-", "_")
-        kind = _TEXT_SETTINGS.get(name) or setting(name)
-        group.add_argument(flag, type=kind, metavar=metavar, help=help_text)
+        _add(group, f, None)
+
+
+def add_run_options(parser: argparse.ArgumentParser) -> None:
+    """A flag per run option, defaulting to the option's own default."""
+    for f in OPTION_FIELDS:
+        _add(parser, f, f.default)
 
 
 def flag_settings(args: argparse.Namespace) -> RunSettings:
-    return RunSettings(**{f.name: getattr(args, f.name, None) for f in fields(RunSettings)})
+    return RunSettings(**{name: getattr(args, name, None) for name in MANIFEST_KEYS})
+
+
+def flag_options(args: argparse.Namespace) -> Options:
+    return Options(**{f.name: parse_named(f.name, getattr(args, f.name)) for f in OPTION_FIELDS})
 
 
 def load(args: argparse.Namespace) -> tuple[Job, Settings]:
     """The job named on the command line, and its settings: the flags over the manifest."""
     job = load_job(args.job)
     return job, resolve(job.settings, flag_settings(args))
+
+
+def worded(exc: UsageError) -> str:
+    """A structured error from below cli/ (worded there for Python callers, with keywords),
+    worded for the command, with its flags."""
+    if isinstance(exc, OptionError):
+        return exc.worded(flag)
+    if isinstance(exc, EndpointMismatch):
+        return exc.worded(lambda url: f"--endpoint {url}", lambda api: f"--api {api}")
+    if isinstance(exc, KeyProblem):
+        if exc.source is None:
+            return f"no API key: set {API_KEY_ENV} or pass --api-key-file FILE (or try the job for free with --sandbox)"
+        where = {"file": f"--api-key-file {exc.path}: ", "env": f"${API_KEY_ENV}: "}.get(exc.source or "", "")
+        return where + exc.problem
+    if isinstance(exc, MixedOutput):
+        return f"{exc} Choose another --output."
+    return str(exc)

@@ -41,12 +41,17 @@ def ping_url(base: str, suffix: str) -> str:
 
 
 def is_success(code: int, outcome: RunOutcome | None) -> bool:
-    """Green for a run that did what it should: exit 0, or a window closed on schedule."""
+    """Green for a run that did what it should: exit 0, or a night that ended on schedule (its
+    window closed, or its --max-cost-per-run share spent): the rest is the next night's."""
     from batch_runner.engine.outcome import StopReason
 
     if code == exit_codes.OK:
         return True
-    return outcome is not None and code == exit_codes.TEMPORARY and outcome.stop_reason is StopReason.DURATION
+    return (
+        outcome is not None
+        and code == exit_codes.TEMPORARY
+        and outcome.stop_reason in (StopReason.DURATION, StopReason.RUN_BUDGET)
+    )
 
 
 def failures_text(outcome: RunOutcome, resume_command: str) -> str:

@@ -16,10 +16,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from batch_runner import exit_codes, humanize
-from batch_runner.cli.options import add_run_settings, load, setting
+from batch_runner.cli.options import API_KEY_ENV, add_run_options, add_run_settings, flag_options, load, worded
 from batch_runner.errors import ManifestError, UsageError
-from batch_runner.launch import API_KEY_ENV
-from batch_runner.settings import DEFAULT_LOG_INTERVAL_S, DEFAULT_MAX_ATTEMPTS, DEFAULT_TIMEOUT_S, Options, ProgressMode
+from batch_runner.settings import ProgressMode
 
 if TYPE_CHECKING:
     from batch_runner.engine.outcome import RunOutcome
@@ -35,70 +34,17 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Generate every item of JOB. Running the same command again resumes: finished items are "
         "skipped. Exit codes: 0 all succeeded, 1 some failed, 2 bad input, 3 stopped on credits or budget, "
         "4 fatal API error, 5 output folder busy, 70 internal error, 74 output folder not writable, "
-        "75 temporary (endpoint unreachable or rate-limiting past --max-wait: run again later), 130 interrupted.",
+        "75 temporary (--max-duration or --max-cost-per-run reached, or the endpoint unreachable or "
+        "rate-limiting past --max-wait: run again later), 130 interrupted.",
     )
     p.add_argument("job", help="a .yaml or .csv/.tsv manifest")
     p.add_argument("--output", "-o", help="results folder (default outputs/<job name>)")
     p.add_argument("--endpoint", help="generation URL (default Segmind's; e.g. a sandbox or a proxy)")
     p.add_argument("--api-key-file", help=f"read the API key from this file (default: ${API_KEY_ENV})")
     p.add_argument("--sandbox", action="store_true", help="run against a built-in local sandbox: no key, no credits")
-    p.add_argument("--retry-failed", action="store_true", help="send items that failed in earlier runs again")
-    p.add_argument(
-        "--max-attempts",
-        type=setting("max_attempts"),
-        default=DEFAULT_MAX_ATTEMPTS,
-        help="tries per item for retryable errors",
-    )
-    p.add_argument(
-        "--timeout", type=setting("timeout"), default=DEFAULT_TIMEOUT_S, help="overall seconds allowed per request"
-    )
-    p.add_argument(
-        "--progress",
-        choices=[mode.value for mode in ProgressMode],
-        default=ProgressMode.AUTO.value,
-        help="bar on a terminal, log lines otherwise (auto)",
-    )
-    p.add_argument(
-        "--log-interval",
-        type=setting("log_interval"),
-        default=DEFAULT_LOG_INTERVAL_S,
-        help="seconds between progress log lines",
-    )
-    p.add_argument(
-        "--wait-lock",
-        type=setting("wait_lock"),
-        default=0.0,
-        metavar="SECONDS",
-        help="if another run holds the output folder, wait up to this long for it (default: exit 5 at once)",
-    )
+    add_run_options(p)
     add_run_settings(p)
     p.set_defaults(handler=cmd_run)
-
-
-def _read_key(args: argparse.Namespace) -> str:
-    if args.api_key_file:
-        path = Path(args.api_key_file)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise UsageError(f"--api-key-file {path}: cannot read it ({exc.strerror})")
-        except UnicodeDecodeError:
-            raise UsageError(f"--api-key-file {path} is not UTF-8 text; put only the API key in it")
-        lines = [line.strip() for line in text.splitlines() if line.strip()]
-        if not lines:
-            raise UsageError(f"--api-key-file {path} is empty; put the API key in it")
-        if len(lines) > 1:
-            # Which line is the key? Guessing could send a password or a second account's key.
-            raise UsageError(
-                f"--api-key-file {path} has {len(lines)} non-empty lines; it must hold only the API key, on one line"
-            )
-        return lines[0]
-    key = os.environ.get(API_KEY_ENV, "").strip()
-    if not key:
-        raise UsageError(
-            f"no API key: set {API_KEY_ENV} or pass --api-key-file FILE (or try the job for free with --sandbox)"
-        )
-    return key
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -151,29 +97,20 @@ def _run(
     args: argparse.Namespace, job: Job, settings: Settings, log: Callable[[str], None]
 ) -> tuple[int, str, RunOutcome | None]:
     from batch_runner.cli.ping import failures_text
-    from batch_runner.engine.runner import MixedOutput
-    from batch_runner.launch import default_output, runner_for
+    from batch_runner.launch import output_for, runner_for
     from batch_runner.store.output_dir import AlreadyRunning
 
-    if args.sandbox and args.endpoint:
-        raise UsageError("--sandbox and --endpoint cannot be used together")
-    key = None if args.sandbox else _read_key(args)
-    output = Path(args.output) if args.output else default_output(job, args.sandbox)
-    options = Options(
-        max_attempts=args.max_attempts,
-        timeout=args.timeout,
-        retry_failed=args.retry_failed,
-        progress=ProgressMode(args.progress),
-        log_interval=args.log_interval,
-        wait_lock=args.wait_lock,
-    )
+    output = output_for(job, args.output, args.sandbox)
+    options = flag_options(args)
     runner: Runner | None = None
     try:
-        with runner_for(job, settings, options, output, args.sandbox, args.endpoint, key, log) as runner:
+        with runner_for(
+            job, settings, options, output, args.sandbox, args.endpoint, log=log, key_file=args.api_key_file
+        ) as runner:
             with _signals_stop(runner, log):
                 outcome = runner.run()
-    except MixedOutput as exc:
-        raise UsageError(f"{exc} Choose another --output.")
+    except UsageError as exc:  # KeyProblem, EndpointMismatch, MixedOutput: worded with flags
+        raise UsageError(worded(exc)) from None
     except AlreadyRunning as exc:
         if runner is not None and runner.stop_reason is not None:  # Ctrl-C while queueing: nothing ran
             return exit_codes.INTERRUPTED, f"stopped: interrupted ({runner.stop_message}) while waiting: {exc}", None
@@ -216,7 +153,10 @@ def _signals_stop(runner: Runner, log: Callable[[str], None]) -> Iterator[None]:
         interrupts += 1
         if interrupts >= 2:
             os.write(2, b"second interrupt: exiting now; requests in flight are abandoned\n")
-            os._exit(exit_codes.INTERRUPTED)
+            try:  # the run's line in runs.jsonl, from its counters: a monitor still sees the run
+                runner.record_abandoned(f"{signal.Signals(signum).name} twice: left with requests in flight")
+            finally:
+                os._exit(exit_codes.INTERRUPTED)
         name = signal.Signals(signum).name
         threading.Thread(target=stop, args=(name,), name="stop-on-signal", daemon=True).start()
 

@@ -4,7 +4,9 @@ A few submit threads take items and submit them through the same gate as v1 requ
 Pacer's rate and shared pauses, the Budget's reservation, the 406/401/403/404 stops); the
 request id is journaled the moment it arrives. A small set of poll threads share one heap of
 due times: each takes the job due first, polls it once, and either puts it back with its next
-due time (PollSchedule) or fetches and saves its image through the Runner's own `_succeed`.
+due time (PollSchedule) or fetches and saves its image through the run's ResultSink, as the
+sync pool does. Both pools keep their books through engine/attempts.py and judge an item's end
+with its classify(); an item's tries are policies.Tries, counted by the same rule as v1's.
 So `--concurrency 50` means 50 jobs on the server and about ten threads, whatever the latency.
 
 Money:
@@ -35,23 +37,18 @@ from typing import TYPE_CHECKING, Any
 
 from batch_runner import humanize
 from batch_runner.api import spec as api_spec
-from batch_runner.api.client import (
-    ApiError,
-    FatalApiError,
-    ItemRejected,
-    OutOfCredits,
-    RateLimited,
-    TransientError,
-    Unreachable,
-    UnusableImage,
-)
+from batch_runner.api.client import ApiError, FatalApiError, RateLimited, Unreachable, UnusableImage
 from batch_runner.api.v2 import JobExpired, JobFailed, JobStatus, V2Client
-from batch_runner.engine.policies import BudgetExhausted, GiveUp, Stopping, retrying
+from batch_runner.engine.attempts import JUDGED, Attempts, Fail, classify
+from batch_runner.engine.context import RunContext
+from batch_runner.engine.key_lane import KeyLane
+from batch_runner.engine.outcome import StopReason
+from batch_runner.engine.policies import GiveUp, Stopping, Tries, retrying
 from batch_runner.engine.poll_schedule import PollSchedule
+from batch_runner.engine.sink import ResultSink
 from batch_runner.job.items import Item
 
 if TYPE_CHECKING:
-    from batch_runner.engine.runner import Runner
     from batch_runner.store.journal import ItemState
     from batch_runner.store.ledger import Ledger
 
@@ -63,7 +60,14 @@ RESULT_TTL_S = 3600.0
 EARLY_404_S = 0.9 * RESULT_TTL_S
 MAX_POLL_ERRORS = 8  # in a row, for one job: leave it to the next run (its id is journaled)
 # Stops after which polling is pointless: the server refuses us, or the disk cannot take images.
-_ABANDON = {"fatal", "content-type", "output", "internal", "unreachable", "rate-limited"}
+_ABANDON = {
+    StopReason.FATAL,
+    StopReason.CONTENT_TYPE,
+    StopReason.OUTPUT,
+    StopReason.INTERNAL,
+    StopReason.UNREACHABLE,
+    StopReason.RATE_LIMITED,
+}
 
 
 def earlier_jobs(ledger: Ledger) -> dict[str, ItemState]:
@@ -95,7 +99,7 @@ class _Halt(threading.Event):
         self._pool = pool
 
     def is_set(self) -> bool:
-        return self._pool._abandoning()
+        return self._pool.abandoning()
 
 
 @dataclass(eq=False)
@@ -109,16 +113,20 @@ class _Job:
     reserved: float = 0.0  # the budget held for it while it is on the server
     polls: int = 0
     running_at: float | None = None  # age at the last poll that found it running
-    failures: int = 0  # counted against --max-attempts: errors, FAILED jobs, unusable images
-    unusable: int = 0
+    tries: Tries | None = None  # this run's failed submits, FAILED jobs and unusable images
     poll_errors: int = 0
 
 
 class AsyncPool:
-    def __init__(self, runner: Runner, client: V2Client):
-        self.runner = runner
-        self.client = client
-        self.cap = runner.settings.concurrency  # jobs outstanding on the server
+    def __init__(self, ctx: RunContext, lane: KeyLane, ledger: Ledger):
+        assert isinstance(lane.client, V2Client)
+        self.ctx = ctx
+        self.lane = lane
+        self.client: V2Client = lane.client
+        self.ledger = ledger  # as of the run's start: the jobs earlier runs left on the server
+        self.attempts = Attempts(ctx)
+        self.sink = ResultSink(ctx)
+        self.cap = ctx.settings.concurrency  # jobs outstanding on the server
         self.schedule = PollSchedule()
         self._cond = threading.Condition()
         self._heap: list[tuple[float, int, _Job]] = []
@@ -136,7 +144,7 @@ class AsyncPool:
     # ------------------------------------------------------------------ wiring
 
     def threads(self) -> list[threading.Thread]:
-        """The pool's threads, not started; the runner starts and joins them."""
+        """The pool's threads, not started; the runner starts and supervises them."""
         self._resume_earlier_jobs()
         submitters = min(MAX_SUBMITTERS, self.cap)
         pollers = min(MAX_POLLERS, self.cap)
@@ -148,11 +156,11 @@ class AsyncPool:
 
     def pace(self) -> str:
         """The progress line's pace: the Pacer's, then the poll cadence."""
-        return f"{self.runner._pace()}, {self.schedule.describe()}"
+        return f"{self.lane.pace()}, {self.schedule.describe()}"
 
     def close(self) -> None:
         """Say what async mode did that the run's report does not."""
-        log = self.runner.log
+        log = self.ctx.log
         if self.counts["resumed"]:
             log(f"async: {self.counts['resumed']:,} job(s) submitted by an earlier run were polled, not resubmitted")
         if self.counts["expired"]:
@@ -178,27 +186,27 @@ class AsyncPool:
         try:
             loop()
         except OSError as exc:  # a journal line or an image that the disk refused
-            self.runner._stop_on_output_error(exc)
+            self.sink.output_error(exc)
         except Exception as exc:  # noqa: BLE001 - a dead thread must stop the run, never vanish
-            self.runner._stop("internal", f"{type(exc).__name__}: {exc}")
+            self.ctx.stop.stop(StopReason.INTERNAL, f"{type(exc).__name__}: {exc}")
         finally:
             with self._cond:
                 self._cond.notify_all()
 
     def _resume_earlier_jobs(self) -> None:
         """Every journaled request id without a result is polled, not submitted again."""
-        pending = earlier_jobs(self.runner.ledger)
+        pending = earlier_jobs(self.ledger)
         if not pending:
             return
         now = time.monotonic()
-        for item in self.runner._plan():
+        for item in self.ctx.items.plan():
             state = pending.pop(item.item_id, None)
             if state is None:
                 continue
             job = _Job(item, state.attempts, None, state.request_id, now, recovered=True)
-            job.reserved = self.runner.budget.hold()
-            self.runner.budget.spent -= job.reserved  # its job was in the books' starting figure
-            self.runner.tally.add(in_flight=1)
+            job.reserved = self.ctx.budget.hold()
+            self.ctx.budget.spent -= job.reserved  # its job was in the books' starting figure
+            self.ctx.tally.add(in_flight=1)
             self._adopted.add(item.item_id)
             self._outstanding += 1
             self.counts["resumed"] += 1
@@ -206,7 +214,7 @@ class AsyncPool:
             if not pending:
                 break
         if self.counts["resumed"]:
-            self.runner.log(
+            self.ctx.log(
                 f"async: {self.counts['resumed']:,} job(s) submitted by an earlier run are still on record; "
                 "polling them instead of submitting again"
             )
@@ -214,15 +222,16 @@ class AsyncPool:
     # ------------------------------------------------------------------ the pool's state
 
     def _stopping(self) -> bool:
-        return self.runner.stop_event.is_set()
+        return self.ctx.stop.is_set()
 
-    def _abandoning(self) -> bool:
-        reason = self.runner.stop_reason
-        return reason is not None and str(reason) in _ABANDON
+    def abandoning(self) -> bool:
+        """The run stopped for a reason that makes polling pointless: leave the jobs on the
+        server (their ids are journaled; the next run polls them)."""
+        return self.ctx.stop.reason in _ABANDON
 
     def _finished(self) -> bool:
         """Called under the lock: nothing left to submit or poll."""
-        if self._abandoning():
+        if self.abandoning():
             return True
         nothing_new = self._exhausted or self._stopping()
         return nothing_new and self._outstanding == 0
@@ -275,65 +284,45 @@ class AsyncPool:
                     break
                 self._cond.wait(0.25)
         while True:  # outside the lock: the plan's next chunk may take a ledger lookup
-            entry = self.runner._next_item()
+            entry = self.ctx.items.next()
             if entry is None:
                 with self._cond:
                     self._outstanding -= 1
                     self._exhausted = True
                     self._cond.notify_all()
                 return None
-            item, attempts, has_row = entry
+            item = entry.item
             if item.item_id not in self._adopted:
-                return _Job(item, attempts, None if has_row else item.row())
+                return _Job(item, entry.attempts, None if entry.has_row else item.row())
 
     def _submit_width(self) -> int:
         """How many submits may be unanswered at once. Each is a possible duplicate job if the
         process is killed, so one, unless a known rate limit (--rpm, or one learned from 429s)
         needs more to be reached at the submits' latency (Little's law)."""
         latency = self._submit_latency
-        pacer = self.runner.pacer
+        pacer = self.lane.pacer
         known = pacer.ceiling_rpm or pacer.limit_rpm
         if latency is None or not known:
             return 1
         return max(1, min(MAX_SUBMITTERS, math.ceil(known / 60 * latency)))
 
     def _submit(self, job: _Job) -> None:
-        r = self.runner
+        ctx = self.ctx
 
         def before_sleep(_: Any) -> None:
-            r.tally.add(retries=1)
+            ctx.tally.add(retries=1)
 
-        tries = max(1, r.options.max_attempts - job.failures)
-        policy = retrying(tries, r.stop_event, r.options.backoff_s, before_sleep=before_sleep)
+        job.tries = job.tries or Tries(ctx.options.max_attempts)
+        policy = retrying(
+            job.tries.max_attempts, ctx.stop.event, ctx.run.backoff_s, before_sleep=before_sleep, tries=job.tries
+        )
         try:
             policy(self._submit_once, job)
-        except OutOfCredits as exc:
-            r._stop(exc.reason, exc.message)
+        except JUDGED as exc:
             self._release(job)
-        except FatalApiError as exc:
-            r._stop("fatal", f"HTTP {exc.http_status}: {exc.message}")
-            self._release(job)
-        except BudgetExhausted as exc:
-            r._stop("budget" if exc.scope == "total" else "run-budget", "")
-            self._release(job)
-        except GiveUp as exc:
-            r._stop(exc.reason, exc.message)
-            self._release(job)
-        except (Stopping, Unreachable):
-            self._release(job)  # the run is stopping; the item stays pending
-        except ItemRejected as exc:
-            self._release(job)
-            r._fail(job.item, exc)
-        except (TransientError, RateLimited) as exc:
-            self._release(job)
-            if not r.stop_event.is_set():  # out of attempts, not cut short by a stop
-                r._fail(job.item, exc)
-        except OSError as exc:
-            self._release(job)
-            r._stop_on_output_error(exc)
+            self.attempts.settle_item(job.item, classify(exc, self._stopping()))
 
     def _submit_once(self, job: _Job) -> None:
-        r = self.runner
         with self._cond:
             while self._submitting >= self._submit_width():
                 if self._stopping():
@@ -341,12 +330,8 @@ class AsyncPool:
                 self._cond.wait(0.25)
             self._submitting += 1
         try:
-            with r.pacer.acquire(r.stop_event) as ticket:
+            with self.lane.pacer.acquire(self.ctx.stop.event) as ticket:
                 self._send_submit(job, ticket)
-        except ApiError as exc:
-            if not isinstance(exc, (RateLimited, Unreachable)):
-                job.failures += 1
-            raise
         finally:
             with self._cond:
                 self._submitting -= 1
@@ -355,9 +340,8 @@ class AsyncPool:
     def _send_submit(self, job: _Job, ticket: Any) -> None:
         """One submit, on the books like a v1 request: reserved, journaled as sent before it
         goes out, and its answer (the request id) journaled before anything else is done."""
-        r = self.runner
         job.attempts += 1
-        reserved = r._open_attempt(job.item.item_id, job.attempts, job.row)
+        reserved = self.attempts.open(job.item.item_id, job.attempts, job.row)
         job.row = None
         started = time.monotonic()
         try:
@@ -365,14 +349,13 @@ class AsyncPool:
         except ApiError as exc:
             if exc.possibly_billed:
                 self.counts["lost_submits"] += 1
-            r._book_failed_attempt(job.item.item_id, job.attempts, exc, reserved, started, ticket)
+            self.attempts.book_failed(job.item.item_id, job.attempts, exc, reserved, started, ticket)
             raise
         except BaseException:
-            r.budget.settle(reserved, reserved)  # a bug, not an answer: it stays possibly billed
-            r.tally.add(in_flight=-1)
+            self.attempts.abandoned(reserved)
             raise
         # The id first: from this line on, a crash costs a poll, not a second job.
-        r.journal.submitted(job.item.item_id, job.attempts, submitted.request_id)
+        self.ctx.journal.submitted(job.item.item_id, job.attempts, submitted.request_id)
         ticket.succeeded(submitted.latency_s)
         with self._cond:
             latency, previous = submitted.latency_s, self._submit_latency
@@ -389,14 +372,14 @@ class AsyncPool:
 
     def _next_due(self) -> _Job | None:
         """The job due first, once it is due and the shared 429 pause is over."""
-        pacer = self.runner.pacer
+        pacer = self.lane.pacer
         with self._cond:
             while True:
                 if self._finished():
                     return None
                 gave_up = pacer.give_up()
                 if gave_up is not None:
-                    self.runner._stop(gave_up.reason, gave_up.message)
+                    self.ctx.stop.stop(StopReason(gave_up.reason), gave_up.message)
                     return None
                 now = time.monotonic()
                 paused = pacer.paused_for_s
@@ -411,7 +394,6 @@ class AsyncPool:
 
     def _check(self, job: _Job) -> None:
         """Poll one job once; on COMPLETED fetch, check and save its image."""
-        r = self.runner
         assert job.request_id is not None
         age = time.monotonic() - job.submitted_at
         try:
@@ -438,20 +420,19 @@ class AsyncPool:
         except UnusableImage as exc:
             self._unusable(job, exc, age)
         except RateLimited:
-            r.tally.add(rate_limited=1)
+            self.ctx.tally.add(rate_limited=1)
             self._due(job, 0.0)  # due at once; the shared pause holds it back
         except (GiveUp, Stopping):
             self._release(job)  # the pool gives up; the id is journaled for the next run
         except FatalApiError as exc:
-            r._stop("fatal", f"HTTP {exc.http_status}: {exc.message}")
             self._release(job)
+            self.attempts.settle_item(job.item, classify(exc, self._stopping()))
         except ApiError:  # a 5xx, a timeout, an unreachable endpoint: the job is safe on the server
             self._poll_error(job)
         else:
-            r.budget.settle(job.reserved, generated.cost)
-            r.tally.add(in_flight=-1, spent=generated.cost)
+            self.attempts.paid(job.reserved, generated.cost)
             try:
-                r._succeed(job.item, generated, job.attempts, age)
+                self.sink.succeed(job.item, generated, job.attempts, age)
             finally:
                 self._release(job)
 
@@ -462,7 +443,7 @@ class AsyncPool:
         Whether polls count against the key's rate limit is not published. Until one draws a
         429 they take no send slot, so submits keep the whole rate; from the first 429 on, the
         server has shown that they count, and each takes a paced slot like a submit."""
-        pacer = self.runner.pacer
+        pacer = self.lane.pacer
         ticket = pacer.acquire(self._halt) if self._polls_paced else pacer.outside()
         try:
             answer = request(*args)
@@ -491,62 +472,51 @@ class AsyncPool:
                 f"polling {job.request_id} failed {job.poll_errors} times in a row; its id is journaled, "
                 "and the next run polls it"
             )
-            self.runner.log(f"async: {message}")
-            self.runner._stop("unreachable", message)  # try later (75), not an unexplained stop
+            self.ctx.log(f"async: {message}")
+            self.ctx.stop.stop(StopReason.UNREACHABLE, message)  # try later (75), not an unexplained stop
             self._release(job)
             return
         self._due(job, min(PollSchedule.MAX_GAP_S, 0.5 * 2**job.poll_errors))
 
     def _failed(self, job: _Job, exc: JobFailed, age: float) -> None:
-        """FAILED: not billed. Submitted again if --max-attempts allows, else the item fails
+        """FAILED: not billed. Submitted again while the item's tries allow, else the item fails
         with the server's message."""
-        r = self.runner
         self.counts["failed_jobs"] += 1
-        r.journal.attempt(job.item.item_id, job.attempts, 422, exc.message, 0.0, True, age)
-        r.budget.settle(job.reserved, 0.0)
-        r.tally.add(in_flight=-1)
-        job.failures += 1
-        if job.failures < r.options.max_attempts and not self._stopping():
-            r.tally.add(retries=1)
-            self._again(job)
-            return
-        self._release(job)
-        r._fail(job.item, exc)
+        self.attempts.job_failed(job.item.item_id, job.attempts, exc.message, job.reserved, age)
+        self._try_again_or_fail(job, exc)
 
     def _expired(self, job: _Job, exc: JobExpired, age: float) -> None:
         """404: the server no longer knows the id. The job may have been billed before its
         result expired: possibly billed, reported, and the item is submitted again."""
-        r = self.runner
         assert job.request_id is not None
         if not job.recovered and age < EARLY_404_S:
             # Not an expiry: the server does not serve the poll URL it should. Submitting
             # again would pay for every item over and over.
-            r._stop(
-                "fatal",
+            self.ctx.stop.stop(
+                StopReason.FATAL,
                 f"HTTP 404: the server does not know request {job.request_id}, submitted {humanize.duration(age)} "
                 "ago; its poll URL is not served at this endpoint",
             )
             self._release(job)
             return
         self.counts["expired"] += 1
-        r.journal.expired(job.item.item_id, job.attempts, job.request_id)
-        r.budget.settle(job.reserved, job.reserved)
-        r.tally.add(in_flight=-1, possibly_billed=job.reserved, unanswered=1)
+        self.attempts.job_expired(job.item.item_id, job.attempts, job.request_id, job.reserved)
         job.recovered = False
         self._again(job)
 
     def _unusable(self, job: _Job, exc: UnusableImage, age: float) -> None:
         """A completed, billed job whose image is not the one asked for: like v1, paid for and
         retried once, since each try costs money."""
-        r = self.runner
-        r.journal.attempt(job.item.item_id, job.attempts, 200, exc.message, exc.cost, True, age)
-        r.budget.settle(job.reserved, exc.cost)
-        r.tally.add(in_flight=-1, spent=exc.cost)
-        job.failures += 1
-        job.unusable += 1
-        if job.failures < r.options.max_attempts and job.unusable < 2 and not self._stopping():
-            r.tally.add(retries=1)
+        self.attempts.unusable(job.item.item_id, job.attempts, exc.message, exc.cost, job.reserved, age)
+        self._try_again_or_fail(job, exc)
+
+    def _try_again_or_fail(self, job: _Job, exc: ApiError) -> None:
+        """Count the job's end against the item's tries (the v1 rule): submit it again, or fail it."""
+        job.tries = job.tries or Tries(self.ctx.options.max_attempts)
+        job.tries.count(exc)
+        if not job.tries.exhausted and not self._stopping():
+            self.ctx.tally.add(retries=1)
             self._again(job)
             return
         self._release(job)
-        r._fail(job.item, exc)
+        self.attempts.settle_item(job.item, Fail(exc))

@@ -41,7 +41,8 @@ EXIT_CODES: dict[StopReason, int] = {
     StopReason.CREDITS: exit_codes.BUDGET,
     StopReason.SPEND_LIMIT: exit_codes.BUDGET,
     StopReason.BUDGET: exit_codes.BUDGET,
-    StopReason.RUN_BUDGET: exit_codes.BUDGET,
+    # A night's share spent ends the night like a closing window: cron's "resume tomorrow".
+    StopReason.RUN_BUDGET: exit_codes.TEMPORARY,
     StopReason.DURATION: exit_codes.TEMPORARY,  # cron's "resume tomorrow"
     StopReason.FATAL: exit_codes.FATAL_API,
     StopReason.CONTENT_TYPE: exit_codes.FATAL_API,  # a proxy or client fault, not money

@@ -3,9 +3,11 @@
 
 - Budget: reserves the price of an attempt before it is sent, so --max-cost (all runs) and
   --max-cost-per-run hold even counting the requests in flight.
+- Tries: one item's tries against its limits: N real failures (waiting on the pool does not
+  count), or two billed answers with no usable image. Kept for the item's life in this run, so
+  async mode counts its submits, FAILED jobs and unusable images by the same rule as v1.
 - retrying(): tenacity policy: retry transient errors, 429s and an unreachable endpoint; stop
-  after N real failures (waiting on the pool does not count), after two billed answers with no
-  usable image, or when the run is stopping; wait with full jitter.
+  when the item's Tries run out or when the run is stopping; wait with full jitter.
 """
 
 from __future__ import annotations
@@ -92,38 +94,39 @@ class Budget:
 _POOL_WAITS = (RateLimited, Unreachable)
 
 
-class _stop_after_counted(stop_base):
-    """Stop once `n` outcomes of the counted kinds have been seen for this item."""
+class Tries:
+    """One item's tries in this run: it stops after `max_attempts` failures, not counting 429s
+    or an unreachable endpoint (being told to wait is not failing), or after `max_unusable`
+    billed answers that held no usable image (each was paid for, and a proxy or a server that
+    answers so once usually does so again)."""
 
-    counted: tuple[type[BaseException], ...] = ()
-    excluded: tuple[type[BaseException], ...] = ()
+    def __init__(self, max_attempts: int, max_unusable: int = 2):
+        self.max_attempts = max_attempts
+        self.max_unusable = max_unusable
+        self.failures = 0
+        self.unusable = 0
 
-    def __init__(self, n: int):
-        self.n = n
-        self._attr = f"_count_{type(self).__name__}"
+    def count(self, exc: BaseException | None) -> None:
+        """Count one attempt's error against the limits."""
+        if isinstance(exc, Exception) and not isinstance(exc, _POOL_WAITS):
+            self.failures += 1
+        if isinstance(exc, UnusableImage):
+            self.unusable += 1
+
+    @property
+    def exhausted(self) -> bool:
+        return self.failures >= self.max_attempts or self.unusable >= self.max_unusable
+
+
+class stop_when_tries_run_out(stop_base):
+    """Count each failed attempt into the item's Tries; stop once they run out."""
+
+    def __init__(self, tries: Tries):
+        self.tries = tries
 
     def __call__(self, retry_state: RetryCallState) -> bool:
-        count = getattr(retry_state, self._attr, 0)
-        exc = retry_state.outcome.exception() if retry_state.outcome else None
-        if isinstance(exc, self.counted) and not isinstance(exc, self.excluded):
-            count += 1
-        setattr(retry_state, self._attr, count)
-        return count >= self.n
-
-
-class stop_after_failures(_stop_after_counted):
-    """Stop after n failed attempts, not counting 429s or an unreachable endpoint: being told
-    to wait is not failing."""
-
-    counted = (Exception,)
-    excluded = _POOL_WAITS
-
-
-class stop_after_unusable_images(_stop_after_counted):
-    """Stop after n billed answers that held no usable image: each one was paid for, and a
-    proxy or a server that answers so once usually does so again."""
-
-    counted = (UnusableImage,)
+        self.tries.count(retry_state.outcome.exception() if retry_state.outcome else None)
+        return self.tries.exhausted
 
 
 class wait_unless_pool_waits(wait_base):
@@ -145,7 +148,11 @@ def retrying(
     backoff_max_s: float = 30.0,
     max_unusable: int = 2,
     before_sleep: Callable[[RetryCallState], None] | None = None,
+    tries: Tries | None = None,
 ) -> Retrying:
+    """The retry policy for one item; `tries` carries its count over from earlier calls (an
+    async item resubmitted after a FAILED job), else a fresh Tries(max_attempts, max_unusable)."""
+
     def sleep(seconds: float) -> None:
         if seconds > 0 and stop_event.wait(seconds):
             raise Stopping()
@@ -153,8 +160,7 @@ def retrying(
     return Retrying(
         retry=retry_if_exception_type((TransientError, *_POOL_WAITS)),
         stop=stop_any(
-            stop_after_failures(max_attempts),
-            stop_after_unusable_images(max_unusable),
+            stop_when_tries_run_out(tries or Tries(max_attempts, max_unusable)),
             stop_when_event_set(stop_event),
         ),
         wait=wait_unless_pool_waits(wait_random_exponential(multiplier=backoff_s, max=backoff_max_s)),

@@ -63,6 +63,8 @@ class Axis:
 
 @dataclass
 class Job:
+    """A loaded manifest: its name, source, settings, and the items it expands into (iter_items())."""
+
     name: str
     source: Path
     settings: RunSettings

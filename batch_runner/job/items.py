@@ -36,6 +36,8 @@ OUTPUT_COLUMNS = (
 
 @dataclass(frozen=True, slots=True)
 class Item:
+    """One image to generate: its id (a hash of its request), its API parameters and its metadata."""
+
     item_id: str
     params: dict[str, Any]
     meta: dict[str, Any]

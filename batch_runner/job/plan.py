@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from batch_runner.api import spec as api_spec
-from batch_runner.errors import UsageError
+from batch_runner.errors import OptionError
 from batch_runner.job.items import Deduplicated, Item
 from batch_runner.job.manifest import Job
 from batch_runner.settings import Settings
@@ -19,6 +19,8 @@ from batch_runner.settings import Settings
 
 @dataclass
 class Plan:
+    """What a job will do and cost, spending nothing: items, duplicates, settings, estimates."""
+
     job: Job
     settings: Settings
     items: int
@@ -138,7 +140,7 @@ class ItemsWriter:
     def __init__(self, path: Path, job: Job):
         suffix = path.suffix.lower()
         if suffix not in (".csv", ".jsonl", ".tsv"):
-            raise UsageError(f"--items {path}: use a .csv, .tsv or .jsonl file name")
+            raise OptionError("items", f"{path}: use a .csv, .tsv or .jsonl file name")
         path.parent.mkdir(parents=True, exist_ok=True)
         self._file: IO[str] = path.open("w", encoding="utf-8", newline="")
         self._path = path
@@ -168,9 +170,10 @@ class ItemsWriter:
     def _write_tsv(self, cells: list[str]) -> None:
         for column, cell in zip(self._columns, cells, strict=True):
             if any(c in cell for c in "\t\r\n"):
-                raise UsageError(
-                    f"--items {self._path}: a {column} value holds a tab or a line break, which a TSV cannot; "
-                    "write a .csv or .jsonl file instead"
+                raise OptionError(
+                    "items",
+                    f"{self._path}: a {column} value holds a tab or a line break, which a TSV cannot; "
+                    "write a .csv or .jsonl file instead",
                 )
         self._file.write("\t".join(cells) + "\n")
 

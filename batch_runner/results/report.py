@@ -25,7 +25,7 @@ import pandas as pd
 from PIL import Image, ImageDraw
 
 from batch_runner.api import spec as api_spec
-from batch_runner.errors import UsageError
+from batch_runner.errors import OptionError
 from batch_runner.fonts import drawable, font
 from batch_runner.results.summaries import FAILED, FINISHED, SUCCEEDED, RunResults
 from batch_runner.store.output_dir import _replace_durably, fsync_dir, write_atomic
@@ -52,10 +52,10 @@ def choose_layout(results: RunResults, rows: str | None, cols: str | None, group
     """Rows and columns as asked, else prompt × style_type (or whatever varies), and one sheet
     per combination of the remaining varying request parameters."""
     columns = set(results.items.columns) - {"item_id"}
-    for name, value in (("--rows", rows), ("--cols", cols), *(("--group", g) for g in group or [])):
+    for name, value in (("rows", rows), ("cols", cols), *(("group", g) for g in group or [])):
         if value is not None and value not in columns:
             usable = ", ".join(sorted(c for c in columns if c in results.axes or c in api_spec.PARAMETERS))
-            raise UsageError(f"{name} {value!r} is not a column of this run; use one of: {usable}")
+            raise OptionError(name, f"{value!r} is not a column of this run; use one of: {usable}")
     varying = results.axes
     zipped = {a: group for group in zipped_axes(results.items, varying) for a in group}
     if rows is None:

@@ -26,6 +26,8 @@ STATUSES = (*FINISHED, *(status.value for status in ItemStatus if status.value n
 
 @dataclass
 class RunResults:
+    """An output folder's results as pandas DataFrames: one row per item, and its summaries."""
+
     path: Path
     items: pd.DataFrame  # one row per item, as in manifest.parquet (with the journal's latest)
     axes: list[str]  # parameters and metadata columns that vary across the items

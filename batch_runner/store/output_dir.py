@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from batch_runner.errors import BatchRunnerError
 from batch_runner.store.journal import GroupSync
 
 IMAGES = "images"
@@ -25,8 +26,8 @@ _PARTIAL = ".partial"
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 
-class AlreadyRunning(Exception):
-    pass
+class AlreadyRunning(BatchRunnerError):
+    """Another run holds the output folder (its lock); nothing was sent."""
 
 
 def fsync_dir(path: Path) -> None:
