@@ -1,10 +1,14 @@
 """How long `batch-runner report` takes on a big run, and how fast its page opens.
 
-A real sandbox run (zero latency) makes --real items; the manifest is then grown synthetically to
---items rows: new item ids and prompts, each pointing at a hard link of a real image (so every
-thumbnail still decodes a real JPEG), some failed with a reason and some left pending. Then:
+A real sandbox run (zero latency) makes --real items, every prompt quoting a text the sandbox
+draws (misspelt in 30% of ANIME's images); the manifest is then grown synthetically to --items
+rows: new item ids and prompts (quoting the same text), each pointing at a hard link of a real
+image (so every thumbnail and every text check still decodes a real JPEG), some failed with a
+reason and some left pending. Then:
 
-- `batch-runner report OUT` cold (no thumbnails yet) and warm (thumbnails reused);
+- `batch-runner report OUT` cold (no thumbnails, no text read yet: every succeeded image goes
+  through Tesseract) and warm (thumbnails and text checks reused), with the text check's own
+  seconds per image;
 - the page in headless Chromium (Debian's chromium + chromedriver): time to DOMContentLoaded and
   to the first grid paint (the page sets window.__gridPaintedAt), and the HTML's size.
 
@@ -16,6 +20,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -33,12 +38,14 @@ sys.path.insert(0, str(REPO))
 from batch_runner.sandbox import Sandbox, SandboxConfig  # noqa: E402
 
 KEY = "bench-key-not-real"
+WORDS = ["OPEN LATE", "Fresh Bread", "SALE TODAY", "Gone Fishing", "NO PARKING", "Mind the gap", "Night Market"]
 
 
 def real_run(folder: Path, n: int) -> Path:
     prompts = max(1, n // 4)
     (folder / "prompts.tsv").write_text(
-        "Prompt\tCategory\n" + "".join(f"bench prompt number {i}\tcat{i % 7}\n" for i in range(prompts)),
+        "Prompt\tCategory\n"
+        + "".join(f'bench poster {i} that says "{WORDS[i % len(WORDS)]} {i}"\tcat{i % 7}\n' for i in range(prompts)),
         encoding="utf-8",
     )
     job = folder / "bench.yaml"
@@ -49,7 +56,8 @@ def real_run(folder: Path, n: int) -> Path:
     )
     out = folder / "out"
     env = {**os.environ, "SEGMIND_API_KEY": KEY}
-    with Sandbox(SandboxConfig(keys=(KEY,), latency_s=0, credits=1e9)) as sandbox:
+    config = SandboxConfig(keys=(KEY,), latency_s=0, credits=1e9, misspell=(("ANIME", 0.3),))
+    with Sandbox(config) as sandbox:
         started = time.perf_counter()
         subprocess.run(
             [sys.executable, "-m", "batch_runner", "run", str(job), "--output", str(out), "--endpoint",
@@ -93,7 +101,17 @@ def report(out: Path, label: str) -> float:
     )
     took = time.perf_counter() - started
     assert result.returncode == 0, result.stderr
-    print(f"report ({label}): {took:.1f} s — {result.stdout.splitlines()[0]}")
+    lines = result.stdout.splitlines()
+    sheets = next(line for line in lines if "contact sheet(s)" in line)
+    print(f"report ({label}): {took:.1f} s — {sheets}")
+    for line in lines:
+        if line.startswith("text check:"):
+            match = re.search(r"; (\d+) read now.*\(([\d.]+) s\)", line)
+            read, seconds = (int(match[1]), float(match[2])) if match else (0, 0.0)
+            per = f"{seconds / read:.3f} s an image, {os.cpu_count()} cores" if read else "nothing read"
+            print(f"  {line}  → {per}")
+        elif line.startswith("verdict:"):
+            print(f"  {line}")
     return took
 
 

@@ -107,6 +107,10 @@ def _pct(value: float) -> str:
     return "—" if value is None or math.isnan(value) else f"{value * 100:.0f}%"
 
 
+def _short(value: str) -> str:
+    return value if len(value) <= 40 else value[:39] + "…"
+
+
 def sentences(table: pd.DataFrame) -> list[str]:
     """The verdict in words, one line per axis that has text checked or picks."""
     lines = []
@@ -117,19 +121,20 @@ def sentences(table: pd.DataFrame) -> list[str]:
         if frame.text_checked.sum() > 0:
             ranked = frame[frame.text_checked > 0].sort_values("text_accuracy", ascending=False)
             shown = " vs ".join(
-                f"{r.value} {_pct(r.text_accuracy)} [{_pct(r.text_low)}–{_pct(r.text_high)}]"
+                f"{_short(r.value)} {_pct(r.text_accuracy)} [{_pct(r.text_low)}–{_pct(r.text_high)}]"
                 for r in ranked.itertuples()
             )
             top = ranked.iloc[0]
             if top.text_mark == "▲":
-                parts.append(f"text right most often: {top.value} ({shown}; the intervals do not overlap)")
+                parts.append(f"text right most often: {_short(top.value)} ({shown}; the intervals do not overlap)")
             else:
-                parts.append(f"text accuracy: no clear winner ({shown}; the intervals overlap)")
+                spread = f"{_pct(ranked.text_accuracy.min())}–{_pct(ranked.text_accuracy.max())}"
+                parts.append(f"text accuracy: no clear winner ({len(ranked)} values, {spread}; the intervals overlap)")
         if frame.picks.sum() > 0:
             ranked = frame.sort_values("pick_share", ascending=False)
-            shown = ", ".join(f"{r.value} {int(r.picks)}" for r in ranked.itertuples() if r.picks)
+            shown = ", ".join(f"{_short(r.value)} {int(r.picks)}" for r in ranked.itertuples() if r.picks)
             top = ranked.iloc[0]
-            lead = f"most picked: {top.value}" if top.pick_mark == "▲" else "picks: no clear favourite"
+            lead = f"most picked: {_short(top.value)}" if top.pick_mark == "▲" else "picks: no clear favourite"
             parts.append(f"{lead} ({shown})")
         if parts:
             lines.append(f"{axis}: " + "; ".join(parts))
