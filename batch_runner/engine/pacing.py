@@ -19,7 +19,8 @@ Design, and why:
 - **Slow start.** With nothing known, the rate starts at 60 RPM and doubles every 0.35 s of
   sending at the rate until the first 429. A 429 comes back at admission, within milliseconds,
   long before a 12.8 s image is done. So growth follows time spent sending, not finished images:
-  a 600 RPM limit is reached in about 1.2 s, and a 5 RPM key costs a handful of 429s once.
+  a 600 RPM limit is reached in about 1.2 s. A 5 RPM key meets one 429 in its first window,
+  and one more while its window is learned (below).
   Over the internet a 429 takes ~0.1-0.3 s to come back, so slow start overshoots a little more
   there: a few more 429s, once per run, and none on a run that starts from a snapshot.
 - **Multiplicative cut and cubic regrowth: CUBIC, as in AWS botocore's adaptive retry mode.**
@@ -60,6 +61,32 @@ Design, and why:
   turn each batch of releases into a burst.
   The default `max_concurrency` is 32. A Pro key (50 RPM at ~12.8 s, ~11 in flight) runs at its
   ceiling with room for slow answers, and 32 slots cover up to ~120 RPM at 12.8 s.
+- **The limiter's shape** (engine/limiter_model.py). An even rate is right for buckets and
+  rolling windows, but wastes a fixed window (it resets all at once: spend it as it opens) and
+  misreads an in-flight limit (it binds on requests open, not on their spacing). So the pacer
+  tests for both, and the rate above governs only while neither is known:
+  * A 429 that names a reset time arms a probe at that time. There the pool sends as fast as
+    the concurrency allows, one probe gap apart (1.5 × a 429's round trip, so that only one
+    send meets the next 429), until a 429 names the next reset. The distance is the window's
+    length, the admissions before it its quota. The hypothesis must fit every admission seen
+    before it: no window aligned on it may have held more. A rolling window or a bucket fails
+    that at once (at the reset only one slot, or a few, come back). A window that fits is then
+    spent at each opening, plus a small margin for clock skew, up to its quota. A 429 inside a
+    window lowers the quota to what that window admitted, and the next window probes one
+    above it until the lower quota has been seen twice. A 429 that names no reset, or a reset
+    off the grid, drops the model.
+  * A 429 at the very start (fewer than three admissions), or one sent by a probe, says where a
+    window is, not how fast to go: it neither cuts the rate nor pins the estimate. So a window
+    already used by another job costs one 429 and a wait, not the night's pace.
+  * An in-flight limit shows as 429s that come only with more requests open than any success
+    had. After one episode of such 429s that name no time (two, if they name one), the pool
+    holds that many minus one in flight and sends as soon as one frees, with no spacing.
+  * `--rpm N` (`ceiling_rpm`) says the limit is N per minute: at most N sends in any minute
+    (a minute and 1% long), spent at once, a probe gap apart, from the first send. Against a
+    fixed or rolling minute of N that is the ideal client. Its first 429 ends the burst: the
+    pool goes on evenly at N, under the rate rules above, and any window is learned as above.
+  pacing.json keeps only what was tested: a window's shape once a whole window was seen, a
+  rate limit once the rate held it.
 - **Shared pauses and giving up.** A 429 that names a time (Retry-After or
   x-rate-limit-reset-at-utc, already converted to a monotonic `retry_at`) pauses every worker
   until then. A 429 that names none pauses every worker for a jittered time that doubles with
@@ -68,6 +95,14 @@ Design, and why:
   429s continue with no success for `max_wait_s`, or the endpoint stays unreachable for
   `max_wait_s`. `give_up()` then returns the `GiveUp` that `acquire` raises, and the runner ends
   the run as temporary (exit 75).
+
+The pieces, split as botocore splits its adaptive mode (retries/adaptive.py's ClientRateLimiter
+over bucket.py's TokenBucket, throttling.py's CubicCalculator and a RateClocker): pure state with
+no lock and no clock of its own, behind this facade, which owns the lock, the clock and the
+wake-ups. engine/pacing_rate.py: the rate (slow start, CUBIC) and the measured send rate;
+engine/pacing_latency.py: the latency estimate and Little's law; engine/pacing_gates.py: the
+shared pause and the give-up clock; engine/pacing_backoff.py: the one exponential backoff;
+engine/limiter_model.py: the limiter's shape.
 
 All state is behind one lock. The clock and the sleep can be swapped out, and `try_acquire` never
 blocks, so tests drive simulated servers on a fake clock deterministically (tests/pacing_sim.py).
@@ -79,18 +114,18 @@ import math
 import random
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from batch_runner.engine.limiter_model import InFlightModel, MinuteAllowance, WindowModel
+from batch_runner.engine.pacing_backoff import jittered_backoff_s
+from batch_runner.engine.pacing_gates import GiveUpClock, PauseGate
+from batch_runner.engine.pacing_latency import LatencyEstimator, little_window
+from batch_runner.engine.pacing_rate import RateController, SendRateMeter
 from batch_runner.engine.policies import GiveUp, Stopping
 
 SNAPSHOT_VERSION = 1
-
-
-def _seconds(value: float) -> str:
-    return f"{value:.0f} s" if value >= 10 else f"{value:.1f} s"
 
 
 @dataclass(eq=False)
@@ -104,6 +139,9 @@ class Ticket:
     rate: float  # the paced rate when it was sent, requests/s
     epoch: int  # how many cuts came before it: a 429 for an older epoch does not cut again
     released: bool = False
+    in_flight: int = 0  # requests open when it was sent, itself included
+    probe: bool = False  # sent to find a window's shape: its 429 says nothing of the rate
+    burst: bool = False  # sent in --rpm's burst: a 429 naming a time says nothing of the rate
 
     def succeeded(self, latency_s: float | None = None) -> None:
         """A 2xx. `latency_s` defaults to the time since `acquire` returned."""
@@ -135,26 +173,28 @@ class Ticket:
 class Pacer:
     """Adaptive rate and concurrency for a pool of workers that share one API key.
 
-    ceiling_rpm      the user's --rpm: never exceeded (a hair under it), and the starting rate
+    ceiling_rpm      the user's --rpm: the limit is this many per minute; never exceeded in any
+                     minute, and spent from the start
     start_rpm        where slow start begins when nothing is known (default 60 RPM)
     max_concurrency  most requests in flight, whatever Little's law says (default 32)
     max_wait_s       longest the pool waits on 429s or an unreachable endpoint before giving up
     clock, sleep     time.monotonic and a real wait by default; tests pass a fake clock
     """
 
-    # The numbers, tuned in tests/pacing_sim.py against nginx-like, fixed-window and rolling-window
-    # limiters (5 to 1000 RPM, latencies 0.3 to 12.8 s):
+    # The numbers, tuned in tests/pacing_sim.py against nginx-like, fixed-window, rolling-window
+    # and in-flight limiters (5 to 1000 RPM, latencies 0.3 to 12.8 s). The rate's own are on
+    # RateController, and repeated here because the tests and the README name them so.
     DEFAULT_START_RPM = 60.0  # one a second: a Free key (5 RPM) meets a 429 or two, once
-    SLOW_START_DOUBLING_S = 0.35  # of sending at the rate: 60 -> 600 RPM in ~1.2 s
-    BETA = 0.7  # the multiplicative cut (botocore's and CUBIC's)
-    FIRST_LIMIT = 0.6  # slow start overshoots: its first 429 suggests a limit this far under
-    PROBE_SHARE = 0.3  # a 429 while probing moves the limit this part of the way to it
-    FAST_CONVERGENCE = 0.95  # a 429 at or under the limit: it was too high
-    DRAIN = 0.9  # after a cut, run at most this much of the limit, so the limiter drains
-    REGROW_SENDS = 30.0  # the cubic regains the limit over this many sends' worth of time...
-    REGROW_MIN_S, REGROW_MAX_S = 2.0, 600.0  # ...but within these bounds
-    DWELL = 1.0  # then holds the limit for another K...
-    PROBE_STRETCH = 4.0  # ...then probes beyond it, four times slower than it regrew
+    SLOW_START_DOUBLING_S = RateController.SLOW_START_DOUBLING_S
+    BETA = RateController.BETA
+    FIRST_LIMIT = RateController.FIRST_LIMIT
+    PROBE_SHARE = RateController.PROBE_SHARE
+    FAST_CONVERGENCE = RateController.FAST_CONVERGENCE
+    DRAIN = RateController.DRAIN
+    REGROW_SENDS = RateController.REGROW_SENDS
+    REGROW_MIN_S, REGROW_MAX_S = RateController.REGROW_MIN_S, RateController.REGROW_MAX_S
+    DWELL = RateController.DWELL
+    PROBE_STRETCH = RateController.PROBE_STRETCH
     CEILING_MARGIN = 0.99  # pace a hair under --rpm: clock noise never puts N+1 in a minute
     FLOOR_RPM = 0.5  # never slower than one request every two minutes
     HEADROOM = 1.25  # Little's law window: rate x latency x 1.25, plus one
@@ -162,6 +202,10 @@ class Pacer:
     UNREACHABLE_BASE_S, UNREACHABLE_CAP_S = 1.0, 60.0
     CATCH_UP = 0.25  # a send that woke late lets the next one go this much of an interval early
     POLL_S = 0.25  # the longest a waiting worker sleeps before it looks at `stop` again
+    RATE_EVIDENCE = 3  # admissions before a 429 that names a time may say anything of the rate
+    PROBE_GAP_MIN_S = 0.005  # a probe's sends go at least this far apart...
+    PROBE_GAP_RTT = 1.5  # ...and this many 429 round trips, so that one send meets the next 429
+    PROBE_GAP_UNKNOWN_S = 0.05  # ...or this, before any 429 came back
 
     def __init__(
         self,
@@ -197,43 +241,61 @@ class Pacer:
             start = start_rpm / 60
         else:
             start = self._cap if ceiling_rpm else self.DEFAULT_START_RPM / 60
-        self._rate = max(self._floor, min(start, self._cap))
-        self._slow_start = True  # until the first 429; under a ceiling it simply holds there
-        self._w_max: float | None = None  # the limit as last seen
-        self._k = 1.0  # seconds of sending for the cubic to regain _w_max
-        self._since_cut = 0.0  # seconds of sending at the rate since the last cut
-        self._epoch = 0
+        self._rates = RateController(start, self._floor, self._cap)
+        self._send_rate = SendRateMeter()
+        self._latency = LatencyEstimator()
+        self._paused = PauseGate()
+        self._clocks = GiveUpClock(max_wait_s)
+        self._windows = WindowModel()
+        self._slots = InFlightModel()
+        self._minute = MinuteAllowance(ceiling_rpm, self.CEILING_MARGIN) if ceiling_rpm else None
+        self._bursting = ceiling_rpm is not None  # --rpm: spend the minute at once, until a 429
 
         self._tat = -math.inf  # the earliest the next send may go (GCRA's theoretical arrival time)
         self._last_send: float | None = None
-        self._sends: deque[float] = deque()  # recent send times: the measured send rate
-        self._pause_until = -math.inf
         self._in_flight: dict[int, float] = {}  # ticket serial -> sent_at
+        self._limited_rtt: float | None = None  # how long a 429 takes to come back
 
-        self._srtt: float | None = None  # smoothed latency of successes (RFC 6298)
-        self._rttvar = 0.0
-
-        self._streak = 0  # 429 episodes (cuts) since the last success
-        self._limited_since: float | None = None  # the first 429 since the last success
-        self._down_since: float | None = None  # the first unreachable attempt since the last answer
-        self._down_streak = 0
-        self._down_why = ""
-        self._give_up: GiveUp | None = None
+        self._streak = 0  # 429 episodes since the last success
+        self._down_streak = 0  # unreachable episodes since the last answer
         self.counts = {"sent": 0, "succeeded": 0, "rate_limited": 0, "cuts": 0, "unreachable": 0}
+
+    # The rate controller's state, under the names the pacer's tests have always used.
+    @property
+    def _rate(self) -> float:
+        return self._rates.rate
+
+    @_rate.setter
+    def _rate(self, value: float) -> None:
+        self._rates.rate = value
 
     # ------------------------------------------------------------------ reading
 
     @property
     def rate_rpm(self) -> float:
-        """The paced rate now."""
+        """The paced rate now: a learned window's allowance while one governs."""
         with self._lock:
-            return self._rate * 60
+            return (self._windows.rpm() or self._rates.rate * 60) if self._windows.state == "known" else self._rate * 60
 
     @property
     def limit_rpm(self) -> float | None:
-        """The limit as last seen (None before the first 429)."""
+        """The limit as last seen (None before the first 429): a learned window's allowance."""
         with self._lock:
-            return None if self._w_max is None else self._w_max * 60
+            return self._limit_rpm()
+
+    def _limit_rpm(self) -> float | None:
+        window = self._windows.rpm()
+        if window is not None:
+            return window
+        return None if self._rates.w_max is None else self._rates.w_max * 60
+
+    @property
+    def shape(self) -> str:
+        """What the limiter was found to be: 'window', 'in-flight' or 'rate' (bucket, rolling)."""
+        with self._lock:
+            if self._windows.state == "known":
+                return "window"
+            return "in-flight" if self._slots.state == "known" else "rate"
 
     @property
     def in_flight(self) -> int:
@@ -249,17 +311,17 @@ class Pacer:
     @property
     def latency_s(self) -> float | None:
         with self._lock:
-            return self._srtt
+            return self._latency.srtt
 
     @property
     def paused_for_s(self) -> float:
         with self._lock:
-            return max(0.0, self._pause_until - self._clock())
+            return self._paused.remaining(self._clock())
 
     def give_up(self) -> GiveUp | None:
         """Why the pool should stop waiting, once waiting has become pointless; else None."""
         with self._lock:
-            return self._check_give_up(self._clock())
+            return self._clocks.check(self._clock())
 
     def give_up_reason(self) -> str | None:
         """'rate-limited' or 'unreachable' once the pacer has given up; else None."""
@@ -316,7 +378,7 @@ class Pacer:
         """Under the lock, after a release or an outcome: wake as many workers as may send now,
         or, when the clock is what they wait for, one to watch it if nobody does."""
         now = self._clock()
-        if now < self._tat or now < self._pause_until:
+        if self._next_send_wait(now) > 0 or now < self._paused.until:
             if not (self._timing or self._handing_on):
                 self._cond.notify()
             return
@@ -335,7 +397,7 @@ class Pacer:
         429 still cuts the rate and pauses every worker, and an unreachable endpoint still
         counts towards giving up. It holds no slot: nothing to release."""
         with self._lock:
-            return Ticket(self, 0, self._clock(), self._rate, self._epoch, released=True)
+            return Ticket(self, 0, self._clock(), self._rate, self._rates.epoch, released=True)
 
     def wake(self) -> None:
         """Wake every waiting worker now, e.g. right after setting `stop`."""
@@ -343,52 +405,83 @@ class Pacer:
             self._cond.notify_all()
 
     def _try_acquire(self, now: float) -> Ticket | float:
-        gave_up = self._check_give_up(now)
+        gave_up = self._clocks.check(now)
         if gave_up is not None:
             raise gave_up
-        if now < self._pause_until:
+        if now < self._paused.until:
             # Wake at the give-up deadline too, so a long pause is not waited out in vain.
-            return min(self._pause_until, self._deadline()) - now
-        if now < self._tat:
-            return self._tat - now
+            return min(self._paused.until, self._clocks.deadline()) - now
+        wait = self._next_send_wait(now)
+        if wait > 0:
+            return wait
         if len(self._in_flight) >= self._window(now):
             return self._window_wait(now)
-        self._grow(now)
-        interval = 1 / self._rate
-        # A worker that woke a little late does not lose its slot for good: the next send may
-        # come up to CATCH_UP of an interval early. Idle time earns nothing (no burst after it).
-        base = self._tat if now - self._tat <= self.CATCH_UP * interval else now
-        self._tat = base + interval
+        probe, burst = self._windows.state == "probing", self._bursting
+        if self._shaped(now):
+            self._tat = now  # a shape governs: the rate's spacing waits for nothing
+        else:
+            self._grow(now)
+            interval = 1 / self._rate
+            # A worker that woke a little late does not lose its slot for good: the next send may
+            # come up to CATCH_UP of an interval early. Idle time earns nothing (no burst after it).
+            base = self._tat if now - self._tat <= self.CATCH_UP * interval else now
+            self._tat = base + interval
         self._last_send = now
-        self._sends.append(now)
+        self._send_rate.record(now)
+        if self._minute is not None:
+            self._minute.record(now)
         self.counts["sent"] += 1
-        ticket = Ticket(self, self.counts["sent"], now, self._rate, self._epoch)
-        self._in_flight[ticket.serial] = now
-        return ticket
+        serial = self.counts["sent"]
+        self._in_flight[serial] = now
+        self._windows.sent(serial, now)
+        return Ticket(
+            self, serial, now, self._rate, self._rates.epoch, in_flight=len(self._in_flight), probe=probe, burst=burst
+        )
+
+    def _shaped(self, now: float) -> bool:
+        """A learned shape (or --rpm's burst) decides when the next send goes, not the rate."""
+        return self._slots.state == "known" or self._windows.governs(now) or self._bursting
+
+    def _probe_gap(self) -> float:
+        if self._limited_rtt is None:
+            gap = self.PROBE_GAP_UNKNOWN_S
+        else:
+            gap = max(self.PROBE_GAP_MIN_S, self.PROBE_GAP_RTT * self._limited_rtt)
+        return min(gap, 1 / self._cap) if self._cap < math.inf else gap
+
+    def _next_send_wait(self, now: float) -> float:
+        """How long until the next send may go by the clock (0: now), before the window."""
+        minute = self._minute.wait(now) if self._minute is not None else 0.0
+        if self._slots.state == "known":
+            return minute
+        if self._windows.governs(now):
+            return max(minute, self._windows.wait(now, self._probe_gap()))
+        if self._bursting:
+            last = self._last_send if self._last_send is not None else -math.inf
+            return max(minute, last + self._probe_gap() - now)
+        return max(minute, self._tat - now)
 
     def _window(self, now: float) -> int:
-        if self._srtt is not None:
-            latency = self._srtt + 2 * self._rttvar
-        else:
+        if self._slots.state == "known":
+            return min(self.max_concurrency, self._slots.limit or 1)
+        if self._bursting or self._windows.governs(now):
+            return self.max_concurrency
+        latency = self._latency.high()
+        if latency is None:
             latency = now - min(self._in_flight.values()) if self._in_flight else 0.0
-        wanted = math.ceil(self._rate * latency * self.HEADROOM) + 1
-        return max(1, min(self.max_concurrency, wanted))
+        return little_window(self._rate, latency, self.HEADROOM, self.max_concurrency)
 
     def _window_wait(self, now: float) -> float:
-        if self._srtt is None and self._in_flight and len(self._in_flight) < self.max_concurrency:
+        if (
+            self._latency.srtt is None
+            and self._in_flight
+            and len(self._in_flight) < self.max_concurrency
+            and not self._shaped(now)
+        ):
             # The window opens as the oldest request ages: say when it will have room.
             oldest = min(self._in_flight.values())
             return max(1e-3, oldest + len(self._in_flight) / (self._rate * self.HEADROOM) - now)
         return math.inf  # a release will wake us
-
-    def _measured_rate(self, now: float) -> float | None:
-        horizon = max(1.0, 8 / self._rate)
-        while self._sends and self._sends[0] < now - horizon:
-            self._sends.popleft()
-        if len(self._sends) < 4:
-            return None
-        span = now - self._sends[0]
-        return (len(self._sends) - 1) / span if span > 0 else None
 
     def _grow(self, now: float) -> None:
         """Advance growth by the time spent sending at the rate since the last send."""
@@ -400,34 +493,9 @@ class Pacer:
             return  # sending at under half the rate does not test it, so it must not grow
         # Past max_concurrency / latency the window binds, not the rate: growing further would
         # test nothing, and would turn each batch of releases into a burst.
-        top = min(self._cap, self.max_concurrency / self._srtt if self._srtt else math.inf)
-        if self._rate >= top:
-            self._rate = max(self._floor, top)
-            return
-        active = min(gap, interval)
-        if self._slow_start:
-            self._rate *= 2 ** (active / self.SLOW_START_DOUBLING_S)
-        else:
-            self._since_cut += active
-            self._rate = self._cubic(self._since_cut)
-        self._rate = max(self._floor, min(self._rate, top))
-
-    def _cubic(self, t: float) -> float:
-        """β·w_max at t = 0, rising steeply then flattening to w_max at t = K; flat for DWELL·K;
-        then probing beyond, PROBE_STRETCH times slower than it rose (+30% at 4K past the dwell)."""
-        w_max, k = self._w_max or self._rate, self._k
-        if t <= k:
-            return w_max * (1 - (1 - self.BETA) * (1 - t / k) ** 3)
-        x = (t - k * (1 + self.DWELL)) / (k * self.PROBE_STRETCH)
-        return w_max * (1 + (1 - self.BETA) * max(0.0, x) ** 3)
-
-    def _start_cubic(self, w_max: float) -> None:
-        """Regrow from the current rate towards w_max: the cubic's clock starts where its curve
-        meets the current rate (at 0 after a plain cut, on the plateau when already there)."""
-        self._w_max = w_max
-        self._k = min(self.REGROW_MAX_S, max(self.REGROW_MIN_S, self.REGROW_SENDS / w_max))
-        depth = min(1.0, max(0.0, (w_max - self._rate) / ((1 - self.BETA) * w_max)))
-        self._since_cut = self._k * (1 - depth ** (1 / 3))
+        srtt = self._latency.srtt
+        top = min(self._cap, self.max_concurrency / srtt if srtt else math.inf)
+        self._rates.grow(min(gap, interval), top)
 
     # ------------------------------------------------------------------ outcomes
 
@@ -441,120 +509,126 @@ class Pacer:
 
     def _succeeded(self, ticket: Ticket, latency_s: float | None) -> None:
         with self._cond:
-            latency = self._clock() - ticket.sent_at if latency_s is None else latency_s
-            if latency >= 0:
-                if self._srtt is None:
-                    self._srtt, self._rttvar = latency, latency / 2
-                else:
-                    self._rttvar += (abs(self._srtt - latency) - self._rttvar) / 4
-                    self._srtt += (latency - self._srtt) / 8
+            self._latency.observe(self._clock() - ticket.sent_at if latency_s is None else latency_s)
             self._streak = 0
-            self._limited_since = None
-            self._reachable()
+            self._clocks.succeeded()
+            self._down_streak = 0
+            if ticket.serial:
+                self._windows.succeeded(ticket.sent_at)
+                self._slots.succeeded(ticket.in_flight)
             self.counts["succeeded"] += 1
             self._wake_for_slots()
 
     def _answered(self) -> None:
         with self._cond:
-            self._reachable()
-
-    def _reachable(self) -> None:
-        self._down_since = None
-        self._down_streak = 0
+            self._clocks.answered()
+            self._down_streak = 0
 
     def _rate_limited(self, ticket: Ticket, retry_at: float | None) -> None:
         with self._cond:
             now = self._clock()
-            self._reachable()
+            self._clocks.answered()
+            self._down_streak = 0
             self.counts["rate_limited"] += 1
-            if self._limited_since is None:
-                self._limited_since = now
-            fresh = ticket.epoch == self._epoch  # sent after the last cut
+            if ticket.serial:
+                rtt = max(0.0, now - ticket.sent_at)
+                self._limited_rtt = rtt if self._limited_rtt is None else (7 * self._limited_rtt + rtt) / 8
+            fresh = ticket.epoch == self._rates.epoch  # sent after the last cut
+            says_rate = self._says_rate(ticket, retry_at)
+            probing = self._windows.state == "probing"
+            if self._bursting and (retry_at is None or self._admitted() >= self.RATE_EVIDENCE):
+                # --rpm's minute cannot be spent at once here (a bucket, or a shorter window):
+                # go on evenly at N, as the limit the user gave.
+                self._bursting = False
+                self._windows.reject()
+            self._windows.rate_limited(ticket.serial, retry_at, now)
+            if probing and self._windows.state == "rejected" and self._windows.probed <= 1:
+                # One slot came back at the reset, not a window's worth: a rolling limit, and this
+                # is the 429 a paced send would have met there.
+                # Cut as for that send: from the paced rate (see _cut).
+                says_rate = self._admitted() >= self.RATE_EVIDENCE
+            self._slots.rate_limited(ticket.in_flight, retry_at is None, fresh, ticket.probe or ticket.burst)
             if fresh:
-                self._cut(now, ticket)
+                self._streak += 1
+                if says_rate:
+                    self._cut(now, ticket)
+                else:
+                    self._rates.epoch += 1  # a new episode all the same: its 429s pause once
+            self._clocks.rate_limited(now, retry_at)
             if retry_at is not None:
-                if retry_at - now > self.max_wait_s and self._give_up is None:
-                    self._give_up = GiveUp(
-                        "rate-limited",
-                        f"the server asks to wait {_seconds(retry_at - now)}, "
-                        f"longer than the maximum wait of {_seconds(self.max_wait_s)}",
-                    )
                 self._pause(retry_at)
             elif fresh:
                 # No time given: back off per episode, jittered so that clients sharing the key
                 # do not come back in step.
-                backoff = min(self.BACKOFF_CAP_S, self.BACKOFF_BASE_S * 2 ** (self._streak - 1))
-                self._pause(now + backoff * self._rng.uniform(0.5, 1.0))
-            self._check_give_up(now)
+                self._pause(now + jittered_backoff_s(self._streak, self.BACKOFF_BASE_S, self.BACKOFF_CAP_S, self._rng))
+            self._clocks.check(now)
             self._cond.notify_all()
 
+    def _says_rate(self, ticket: Ticket, retry_at: float | None) -> bool:
+        """Whether this 429 tells anything of the rate. Not a probe's or --rpm's burst's (sent
+        to find a window's edge, faster than any rate), not one at the very start that names a
+        time (the window was spent before us), and not one a learned shape explains."""
+        if ticket.probe or (ticket.burst and retry_at is not None):
+            return False
+        if retry_at is not None and self._admitted() < self.RATE_EVIDENCE:
+            return False
+        return self._windows.state != "known" and self._slots.state != "known"
+
+    def _admitted(self) -> int:
+        """Sends the server let through so far, as far as is known: a 429 comes back at once."""
+        return self.counts["sent"] - self.counts["rate_limited"]
+
     def _cut(self, now: float, ticket: Ticket) -> None:
-        measured = self._measured_rate(now)
+        # A probe went faster than the rate, over a pause: its measured rate means nothing.
+        measured = None if ticket.probe else self._send_rate.measured(now, self._rate)
         drew = min(ticket.rate, measured) if measured else ticket.rate
-        previous = self._w_max
-        if previous is None:
-            w_max = self.FIRST_LIMIT * drew
-        elif drew > previous * 1.02:
-            w_max = previous + self.PROBE_SHARE * (drew - previous)
-        else:
-            w_max = self.FAST_CONVERGENCE * drew
-        self._rate = max(self._floor, min(self._cap, self.BETA * drew, self.DRAIN * w_max))
-        self._start_cubic(w_max)
-        self._slow_start = False
-        self._epoch += 1
-        self._streak += 1
+        self._rates.cut(drew)
         self.counts["cuts"] += 1
         if self._last_send is not None:
             self._tat = max(self._tat, self._last_send + 1 / self._rate)
 
     def _pause(self, until: float) -> None:
-        self._pause_until = max(self._pause_until, until)
+        self._paused.pause(until)
         # Resume one send at a time at the paced rate, never all at once.
-        self._tat = max(self._tat, self._pause_until)
+        self._tat = max(self._tat, self._paused.until)
 
     def _unreachable(self, ticket: Ticket, why: str) -> None:
         with self._cond:
             now = self._clock()
             self.counts["unreachable"] += 1
-            self._down_why = why
-            if self._down_since is None:
-                self._down_since = now
-            if now >= self._pause_until:  # not one of the requests that left before this pause
+            self._clocks.unreachable(now, why)
+            if now >= self._paused.until:  # not one of the requests that left before this pause
                 self._down_streak += 1
-                backoff = min(self.UNREACHABLE_CAP_S, self.UNREACHABLE_BASE_S * 2 ** (self._down_streak - 1))
+                backoff = jittered_backoff_s(
+                    self._down_streak, self.UNREACHABLE_BASE_S, self.UNREACHABLE_CAP_S, self._rng
+                )
                 # End the last pause at the deadline, so giving up is not late by a whole backoff.
-                self._pause(min(now + backoff * self._rng.uniform(0.5, 1.0), self._down_since + self.max_wait_s))
-            self._check_give_up(now)
+                self._pause(min(now + backoff, (self._clocks.down_since or now) + self.max_wait_s))
+            self._clocks.check(now)
             self._cond.notify_all()
-
-    def _deadline(self) -> float:
-        starts = [t for t in (self._limited_since, self._down_since) if t is not None]
-        return min(starts) + self.max_wait_s if starts else math.inf
-
-    def _check_give_up(self, now: float) -> GiveUp | None:
-        if self._give_up is None:
-            if self._down_since is not None and now - self._down_since >= self.max_wait_s:
-                self._give_up = GiveUp(
-                    "unreachable", f"{self._down_why} (unreachable for {_seconds(now - self._down_since)})"
-                )
-            elif self._limited_since is not None and now - self._limited_since >= self.max_wait_s:
-                self._give_up = GiveUp(
-                    "rate-limited", f"the server has answered only 429 for {_seconds(now - self._limited_since)}"
-                )
-        return self._give_up
 
     # ------------------------------------------------------------------ memory
 
     def snapshot(self) -> dict[str, Any]:
-        """What was learned, as JSON-able data, for the next run to start from."""
+        """What was learned and tested, as JSON-able data, for the next run to start from. An
+        estimate the rate never held (a first guess after one 429) is not kept."""
         with self._lock:
-            return {
+            limit = self._windows.rpm()
+            rate = limit if limit is not None else self._rate * 60
+            if limit is None and self._rates.tested is not None:
+                limit = self._rates.tested * 60
+            if limit is not None:
+                rate = min(rate, limit)
+            data: dict[str, Any] = {
                 "version": SNAPSHOT_VERSION,
-                "rate_rpm": round(self._rate * 60, 4),
-                "limit_rpm": None if self._w_max is None else round(self._w_max * 60, 4),
-                "latency_s": None if self._srtt is None else round(self._srtt, 4),
-                "latency_dev_s": round(self._rttvar, 4),
+                "rate_rpm": round(rate, 4),
+                "limit_rpm": None if limit is None else round(limit, 4),
+                "latency_s": None if self._latency.srtt is None else round(self._latency.srtt, 4),
+                "latency_dev_s": round(self._latency.rttvar, 4),
             }
+            if self._slots.state == "known":
+                data["in_flight_limit"] = self._slots.limit
+            return data
 
     @classmethod
     def from_snapshot(cls, snapshot: Any, **kwargs: Any) -> Pacer:
@@ -573,11 +647,8 @@ class Pacer:
         rate, limit, latency = positive("rate_rpm"), positive("limit_rpm"), positive("latency_s")
         with pacer._lock:
             if rate is not None:
-                # Start where the last run was, on the cubic: on its plateau if that was the limit.
-                pacer._rate = max(pacer._floor, min(pacer._cap, rate / 60))
-                pacer._slow_start = False
-                pacer._start_cubic(max(pacer._rate, (limit or rate) / 60))
+                pacer._rates.resume(rate / 60, None if limit is None else limit / 60)
             if latency is not None:
-                pacer._srtt = latency
-                pacer._rttvar = positive("latency_dev_s") or latency / 4
+                pacer._latency.srtt = latency
+                pacer._latency.rttvar = positive("latency_dev_s") or latency / 4
         return pacer
