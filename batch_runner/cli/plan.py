@@ -54,7 +54,7 @@ def plan_warnings(plan: Plan, timeout_s: float | None) -> list[str]:
     """What would make the run pay for less than the plan shows: a timeout no image can meet, a
     budget that fits only some of the items."""
     warnings = []
-    if timeout_s is not None and (warning := timeout_warning(timeout_s)):
+    if timeout_s is not None and (warning := timeout_warning(timeout_s, setting="--timeout")):
         warnings.append(warning)
     if (fit := plan.items_in_budget) is not None:
         warnings.append(

@@ -468,11 +468,8 @@ class AsyncPool:
         """A poll that got no usable answer: the job is safe on the server; try again later."""
         job.poll_errors += 1
         if job.poll_errors >= MAX_POLL_ERRORS:
-            message = (
-                f"polling {job.request_id} failed {job.poll_errors} times in a row; its id is journaled, "
-                "and the next run polls it"
-            )
-            self.ctx.log(f"async: {message}")
+            message = f"polling {job.request_id} failed {job.poll_errors} times in a row; the next run polls it"
+            self.ctx.log(f"async: {message} (its id is journaled)")
             self.ctx.stop.stop(StopReason.UNREACHABLE, message)  # try later (75), not an unexplained stop
             self._release(job)
             return

@@ -119,7 +119,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from batch_runner.engine.limiter_model import InFlightModel, MinuteAllowance, WindowModel
-from batch_runner.engine.pacing_backoff import jittered_backoff_s
+from batch_runner.engine.pacing_feedback import PacerFeedback
 from batch_runner.engine.pacing_gates import GiveUpClock, PauseGate
 from batch_runner.engine.pacing_latency import LatencyEstimator, little_window
 from batch_runner.engine.pacing_rate import RateController, SendRateMeter
@@ -145,23 +145,23 @@ class Ticket:
 
     def succeeded(self, latency_s: float | None = None) -> None:
         """A 2xx. `latency_s` defaults to the time since `acquire` returned."""
-        self.pacer._succeeded(self, latency_s)
+        self.pacer.on_success(self, latency_s)
 
     def rate_limited(self, retry_at: float | None = None) -> None:
         """A 429. `retry_at` is when the server says to come back, on the pacer's clock."""
-        self.pacer._rate_limited(self, retry_at)
+        self.pacer.on_rate_limited(self, retry_at)
 
     def unreachable(self, why: str = "the endpoint is unreachable") -> None:
         """Connection refused, DNS failure or connect timeout: no server answered."""
-        self.pacer._unreachable(self, why)
+        self.pacer.on_unreachable(self, why)
 
     def answered(self) -> None:
         """Any other HTTP answer (4xx, 5xx). The endpoint is reachable; nothing else is learned."""
-        self.pacer._answered()
+        self.pacer.on_answer()
 
     def release(self) -> None:
         """The request is over, whatever happened: free its slot. Calling it twice is harmless."""
-        self.pacer._release(self)
+        self.pacer.on_release(self)
 
     def __enter__(self) -> Ticket:
         return self
@@ -170,7 +170,7 @@ class Ticket:
         self.release()
 
 
-class Pacer:
+class Pacer(PacerFeedback):
     """Adaptive rate and concurrency for a pool of workers that share one API key.
 
     ceiling_rpm      the user's --rpm: the limit is this many per minute; never exceeded in any
@@ -180,32 +180,6 @@ class Pacer:
     max_wait_s       longest the pool waits on 429s or an unreachable endpoint before giving up
     clock, sleep     time.monotonic and a real wait by default; tests pass a fake clock
     """
-
-    # The numbers, tuned in tests/pacing_sim.py against nginx-like, fixed-window, rolling-window
-    # and in-flight limiters (5 to 1000 RPM, latencies 0.3 to 12.8 s). The rate's own are on
-    # RateController, and repeated here because the tests and the README name them so.
-    DEFAULT_START_RPM = 60.0  # one a second: a Free key (5 RPM) meets a 429 or two, once
-    SLOW_START_DOUBLING_S = RateController.SLOW_START_DOUBLING_S
-    BETA = RateController.BETA
-    FIRST_LIMIT = RateController.FIRST_LIMIT
-    PROBE_SHARE = RateController.PROBE_SHARE
-    FAST_CONVERGENCE = RateController.FAST_CONVERGENCE
-    DRAIN = RateController.DRAIN
-    REGROW_SENDS = RateController.REGROW_SENDS
-    REGROW_MIN_S, REGROW_MAX_S = RateController.REGROW_MIN_S, RateController.REGROW_MAX_S
-    DWELL = RateController.DWELL
-    PROBE_STRETCH = RateController.PROBE_STRETCH
-    CEILING_MARGIN = 0.99  # pace a hair under --rpm: clock noise never puts N+1 in a minute
-    FLOOR_RPM = 0.5  # never slower than one request every two minutes
-    HEADROOM = 1.25  # Little's law window: rate x latency x 1.25, plus one
-    BACKOFF_BASE_S, BACKOFF_CAP_S = 0.5, 60.0  # a 429 that names no time: 0.5 s, 1 s, 2 s ... 60 s
-    UNREACHABLE_BASE_S, UNREACHABLE_CAP_S = 1.0, 60.0
-    CATCH_UP = 0.25  # a send that woke late lets the next one go this much of an interval early
-    POLL_S = 0.25  # the longest a waiting worker sleeps before it looks at `stop` again
-    RATE_EVIDENCE = 3  # admissions before a 429 that names a time may say anything of the rate
-    PROBE_GAP_MIN_S = 0.005  # a probe's sends go at least this far apart...
-    PROBE_GAP_RTT = 1.5  # ...and this many 429 round trips, so that one send meets the next 429
-    PROBE_GAP_UNKNOWN_S = 0.05  # ...or this, before any 429 came back
 
     def __init__(
         self,
@@ -259,15 +233,6 @@ class Pacer:
         self._streak = 0  # 429 episodes since the last success
         self._down_streak = 0  # unreachable episodes since the last answer
         self.counts = {"sent": 0, "succeeded": 0, "rate_limited": 0, "cuts": 0, "unreachable": 0}
-
-    # The rate controller's state, under the names the pacer's tests have always used.
-    @property
-    def _rate(self) -> float:
-        return self._rates.rate
-
-    @_rate.setter
-    def _rate(self, value: float) -> None:
-        self._rates.rate = value
 
     # ------------------------------------------------------------------ reading
 
@@ -496,116 +461,6 @@ class Pacer:
         srtt = self._latency.srtt
         top = min(self._cap, self.max_concurrency / srtt if srtt else math.inf)
         self._rates.grow(min(gap, interval), top)
-
-    # ------------------------------------------------------------------ outcomes
-
-    def _release(self, ticket: Ticket) -> None:
-        with self._cond:
-            if ticket.released:
-                return
-            ticket.released = True
-            self._in_flight.pop(ticket.serial, None)
-            self._wake_for_slots()
-
-    def _succeeded(self, ticket: Ticket, latency_s: float | None) -> None:
-        with self._cond:
-            self._latency.observe(self._clock() - ticket.sent_at if latency_s is None else latency_s)
-            self._streak = 0
-            self._clocks.succeeded()
-            self._down_streak = 0
-            if ticket.serial:
-                self._windows.succeeded(ticket.sent_at)
-                self._slots.succeeded(ticket.in_flight)
-            self.counts["succeeded"] += 1
-            self._wake_for_slots()
-
-    def _answered(self) -> None:
-        with self._cond:
-            self._clocks.answered()
-            self._down_streak = 0
-
-    def _rate_limited(self, ticket: Ticket, retry_at: float | None) -> None:
-        with self._cond:
-            now = self._clock()
-            self._clocks.answered()
-            self._down_streak = 0
-            self.counts["rate_limited"] += 1
-            if ticket.serial:
-                rtt = max(0.0, now - ticket.sent_at)
-                self._limited_rtt = rtt if self._limited_rtt is None else (7 * self._limited_rtt + rtt) / 8
-            fresh = ticket.epoch == self._rates.epoch  # sent after the last cut
-            says_rate = self._says_rate(ticket, retry_at)
-            probing = self._windows.state == "probing"
-            if self._bursting and (retry_at is None or self._admitted() >= self.RATE_EVIDENCE):
-                # --rpm's minute cannot be spent at once here (a bucket, or a shorter window):
-                # go on evenly at N, as the limit the user gave.
-                self._bursting = False
-                self._windows.reject()
-            self._windows.rate_limited(ticket.serial, retry_at, now)
-            if probing and self._windows.state == "rejected" and self._windows.probed <= 1:
-                # One slot came back at the reset, not a window's worth: a rolling limit, and this
-                # is the 429 a paced send would have met there.
-                # Cut as for that send: from the paced rate (see _cut).
-                says_rate = self._admitted() >= self.RATE_EVIDENCE
-            self._slots.rate_limited(ticket.in_flight, retry_at is None, fresh, ticket.probe or ticket.burst)
-            if fresh:
-                self._streak += 1
-                if says_rate:
-                    self._cut(now, ticket)
-                else:
-                    self._rates.epoch += 1  # a new episode all the same: its 429s pause once
-            self._clocks.rate_limited(now, retry_at)
-            if retry_at is not None:
-                self._pause(retry_at)
-            elif fresh:
-                # No time given: back off per episode, jittered so that clients sharing the key
-                # do not come back in step.
-                self._pause(now + jittered_backoff_s(self._streak, self.BACKOFF_BASE_S, self.BACKOFF_CAP_S, self._rng))
-            self._clocks.check(now)
-            self._cond.notify_all()
-
-    def _says_rate(self, ticket: Ticket, retry_at: float | None) -> bool:
-        """Whether this 429 tells anything of the rate. Not a probe's or --rpm's burst's (sent
-        to find a window's edge, faster than any rate), not one at the very start that names a
-        time (the window was spent before us), and not one a learned shape explains."""
-        if ticket.probe or (ticket.burst and retry_at is not None):
-            return False
-        if retry_at is not None and self._admitted() < self.RATE_EVIDENCE:
-            return False
-        return self._windows.state != "known" and self._slots.state != "known"
-
-    def _admitted(self) -> int:
-        """Sends the server let through so far, as far as is known: a 429 comes back at once."""
-        return self.counts["sent"] - self.counts["rate_limited"]
-
-    def _cut(self, now: float, ticket: Ticket) -> None:
-        # A probe went faster than the rate, over a pause: its measured rate means nothing.
-        measured = None if ticket.probe else self._send_rate.measured(now, self._rate)
-        drew = min(ticket.rate, measured) if measured else ticket.rate
-        self._rates.cut(drew)
-        self.counts["cuts"] += 1
-        if self._last_send is not None:
-            self._tat = max(self._tat, self._last_send + 1 / self._rate)
-
-    def _pause(self, until: float) -> None:
-        self._paused.pause(until)
-        # Resume one send at a time at the paced rate, never all at once.
-        self._tat = max(self._tat, self._paused.until)
-
-    def _unreachable(self, ticket: Ticket, why: str) -> None:
-        with self._cond:
-            now = self._clock()
-            self.counts["unreachable"] += 1
-            self._clocks.unreachable(now, why)
-            if now >= self._paused.until:  # not one of the requests that left before this pause
-                self._down_streak += 1
-                backoff = jittered_backoff_s(
-                    self._down_streak, self.UNREACHABLE_BASE_S, self.UNREACHABLE_CAP_S, self._rng
-                )
-                # End the last pause at the deadline, so giving up is not late by a whole backoff.
-                self._pause(min(now + backoff, (self._clocks.down_since or now) + self.max_wait_s))
-            self._clocks.check(now)
-            self._cond.notify_all()
 
     # ------------------------------------------------------------------ memory
 

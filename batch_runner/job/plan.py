@@ -109,14 +109,16 @@ def estimate_seconds(
     return max(paced, rounds)
 
 
-def timeout_warning(timeout_s: float, per_image_s: float = api_spec.TYPICAL_LATENCY_S) -> str | None:
-    """A warning when --timeout is shorter than the endpoint takes to make an image: each
+def timeout_warning(
+    timeout_s: float, per_image_s: float = api_spec.TYPICAL_LATENCY_S, setting: str = "timeout"
+) -> str | None:
+    """A warning when the timeout is shorter than the endpoint takes to make an image: each
     attempt would give up before its answer, and each may still be billed."""
     if timeout_s >= per_image_s:
         return None
     return (
-        f"--timeout {timeout_s:g} s is shorter than the ~{per_image_s:g} s an image takes at this endpoint, so "
-        f"attempts may give up before their answer and still be billed; use --timeout {math.ceil(per_image_s * 3)} "
+        f"{setting} {timeout_s:g} s is shorter than the ~{per_image_s:g} s an image takes at this endpoint, so "
+        f"attempts may give up before their answer and still be billed; use {setting} {math.ceil(per_image_s * 3)} "
         "or more (the default is 120)"
     )
 

@@ -59,7 +59,7 @@ def read_picks(path: str | Path, item_ids: set[str]) -> Picks:
             raise UsageError(f"{source}: not JSON ({exc}); use the viewer's picks.json (or a .csv)")
         picked = data.get("picked") if isinstance(data, dict) else None
         if not isinstance(picked, list):
-            raise UsageError(f'--picks {source}: no "picked" list; use the viewer\'s picks.json')
+            raise UsageError(f'{source}: no "picked" list; use the viewer\'s picks.json')
         for n, record in enumerate(picked, start=1):
             if not isinstance(record, dict):
                 raise UsageError(f"{source}: pick {n} is not an object with an item_id")

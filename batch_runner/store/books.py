@@ -57,6 +57,6 @@ def sync_refusal(states: list[ItemState], now: float | None = None, ttl_s: float
     minutes = max(1, round((last - now) / 60))
     return (
         f"{len(live):,} item(s) have a job on the server from an earlier async run, paid for when it completes; "
-        f"a sync run would buy them again. Resume with --api async to collect them, or run again in about "
+        f"a sync run would buy them again. Resume in async mode (api: async) to collect them, or run again in about "
         f"{minutes} min, when the server has forgotten them (they stay on the books as possibly billed)"
     )

@@ -114,7 +114,7 @@ class OutputDir:
                 raise OSError(
                     errno.ELOOP,
                     f"{path} is a symbolic link; the runner never writes through links in its output folder: "
-                    "remove it, or choose another --output",
+                    "remove it, or choose another output folder",
                     str(path),
                 )
 
