@@ -119,8 +119,8 @@ def test_stop_reasons_keep_their_file_values_and_their_documented_exit_codes():
             "spend-limit": 3,
             "content-type": 4,
             "budget": 3,
-            "run-budget": 75,
-            "jobs-on-server": 75,  # a sync run would buy again what v2 jobs on the server deliver  # a night's share spent: resume tomorrow, like a closed window
+            "run-budget": 75,  # a night's share spent: resume tomorrow, like a closed window
+            "jobs-on-server": 75,  # a sync run would buy again what v2 jobs on the server deliver
             "duration": 75,
             "fatal": 4,
             "interrupted": 130,
