@@ -93,12 +93,28 @@ def test_the_help_script_rewrites_stale_blocks_and_its_check_fails_until_then(tm
         block.body == "```\n$ batch-runner plan --help\n" + run_cli("plan", "--help", env=_at_width()).stdout + "```\n"
     )
     assert "usage: batch-runner plan" in block.body and "--items FILE" in block.body
-    assert made.returncode == 1 and "no help block for 'run'" in made.stdout  # run is required too
+    assert made.returncode == 1 and "no help block for 'run'" in made.stdout  # every command is required
+    assert "no help block for 'sandbox'" in made.stdout
 
-    readme.write_text(text + "\n<!-- help: run -->\n<!-- /help -->\n", encoding="utf-8")
+    # The marker says where blocks for the commands not shown yet go: the script writes them there.
+    readme.write_text(text + "\n<!-- /help blocks -->\n", encoding="utf-8")
+    assert script("--check").returncode == 1
     assert script().returncode == 0
     assert script("--check").returncode == 0
-    assert [b.command for b in readme_help.blocks(readme.read_text(encoding="utf-8"))] == ["plan", "run"]
+    text = readme.read_text(encoding="utf-8")
+    assert [b.command for b in readme_help.blocks(text)] == ["plan", *(c for c in readme_help.REQUIRED if c != "plan")]
+    assert text.endswith("<!-- /help -->\n\n<!-- /help blocks -->\n")
+    assert "usage: batch-runner status" in text and "usage: batch-runner sandbox" in text
+
+
+def test_every_command_of_the_cli_must_have_its_help_in_the_readme():
+    from batch_runner.cli.main import build_parser
+
+    shown = build_parser().format_help()
+    # Derived from the parser, so a command added to cli/main.py without README text fails.
+    assert {"plan", "run", "status", "report", "export", "recipe", "sandbox"} <= set(readme_help.REQUIRED)
+    assert all(command in shown for command in readme_help.REQUIRED)
+    assert set(readme_help.REQUIRED) <= {block.command for block in readme_help.blocks(README)}
 
 
 def _at_width() -> dict[str, str]:
