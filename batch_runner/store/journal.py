@@ -423,11 +423,10 @@ def clean_event(event: dict[str, Any]) -> dict[str, Any] | None:
     text) is dropped and the rest of the line kept."""
     kind = event.get("e")
     if kind == JournalEventKind.RUN:
-        if "price_per_image" in event and not _number(event["price_per_image"]):
-            event = {k: v for k, v in event.items() if k != "price_per_image"}
-        return event
+        odd = [name for name in ("price_per_image", "at") if name in event and not _number(event[name])]
+        return {k: v for k, v in event.items() if k not in odd} if odd else event
     if kind not in _KINDS:
-        return event  # a kind from a later version: replay ignores it
+        return {"e": kind}  # a kind from a later version: replay ignores it
     if not isinstance(event.get("id"), str):
         return None
     if "n" in event and event["n"] is not None and not _whole(event["n"]):
