@@ -93,6 +93,7 @@ def test_stop_reasons_keep_their_file_values_and_their_documented_exit_codes():
         "rate-limited": 75,
         "output": 74,
         "internal": 70,
+        "timeout": 4,
     }
     assert (exit_codes.OK, exit_codes.FAILED_ITEMS, exit_codes.USAGE, exit_codes.LOCKED) == (0, 1, 2, 5)
     assert StopReason("credits") is StopReason.CREDITS and f"{StopReason.CREDITS}" == "credits"

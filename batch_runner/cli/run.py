@@ -252,6 +252,7 @@ def describe(r: RunOutcome, settings: Settings, resume_command: str) -> str:
         Stop.RATE_LIMITED: f"stopped: the server is rate-limiting ({detail})",
         Stop.OUTPUT: f"stopped: cannot write to {r.output} ({detail})",
         Stop.INTERNAL: f"stopped: internal error ({detail}); this is a bug, please report it",
+        Stop.TIMEOUT: f"stopped: {detail}",
     }[r.stop_reason]
     lines = [headline]
     lines.append(
@@ -287,6 +288,7 @@ def describe(r: RunOutcome, settings: Settings, resume_command: str) -> str:
             Stop.RATE_LIMITED: "run the same command later",
             Stop.OUTPUT: "free some space (or fix the folder's permissions), then resume with",
             Stop.INTERNAL: "results received so far are safe; resume with",
+            Stop.TIMEOUT: "raise --timeout, then resume with",
         }.get(r.stop_reason, "resume with")
         lost = "nothing is lost" if not r.lost_images else "every result that was saved is kept"
         lines.append(f"  {lost}; {what}:\n    {resume_command}")

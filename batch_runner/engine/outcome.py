@@ -30,6 +30,7 @@ class StopReason(str, Enum):
     RATE_LIMITED = "rate-limited"  # the server kept rate-limiting for longer than max_wait
     OUTPUT = "output"  # the output folder cannot be written
     INTERNAL = "internal"  # a bug; results received so far are safe
+    TIMEOUT = "timeout"  # --timeout is shorter than any answer takes: attempts time out, billed
 
     def __str__(self) -> str:
         return self.value
@@ -49,6 +50,7 @@ EXIT_CODES: dict[StopReason, int] = {
     StopReason.RATE_LIMITED: exit_codes.TEMPORARY,
     StopReason.OUTPUT: exit_codes.OUTPUT_ERROR,
     StopReason.INTERNAL: exit_codes.INTERNAL,
+    StopReason.TIMEOUT: exit_codes.FATAL_API,  # a setting the API cannot work with, as a bad key
 }
 
 

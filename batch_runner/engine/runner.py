@@ -39,6 +39,7 @@ from batch_runner.api.client import (
 )
 from batch_runner.api.v2 import V2Client
 from batch_runner.engine.async_pool import AsyncPool, sync_mode_note
+from batch_runner.engine.attempt_watch import watch_for
 from batch_runner.engine.outcome import RunOutcome, StopReason
 from batch_runner.engine.pacing import Pacer
 from batch_runner.engine.policies import Budget, BudgetExhausted, GiveUp, Stopping, retrying
@@ -253,7 +254,7 @@ class Runner:
         pacer = self.pacer
         paused = pacer.paused_for_s
         text = f"pace {pacer.rate_rpm:,.0f} rpm, window {pacer.window}"
-        return text + (f", paused {paused:.0f} s" if paused >= 1 else "")
+        return text + (f", paused {paused:.0f} s" if paused >= 1 else "") + self.watch.bar()
 
     def _learned_rpm(self) -> float | None:
         pacer = getattr(self, "pacer", None)
@@ -469,6 +470,9 @@ class Runner:
         self.pacer = Pacer.from_snapshot(
             self._learned(), ceiling_rpm=s.rpm, max_concurrency=s.concurrency, max_wait_s=s.max_wait
         )
+        self.watch = watch_for(
+            o.timeout_s, s.max_wait, self.log, ProgressMode(o.progress) is ProgressMode.QUIET, not o.sandbox
+        )
         self._items = self._todo()
         # Async mode: jobs outstanding on the server, a few submit and poll threads (async_pool).
         pool = AsyncPool(self, self.client) if isinstance(self.client, V2Client) else None
@@ -494,6 +498,7 @@ class Runner:
                     if crew.wait(0.25):
                         break
                     progress.refresh()
+                    self.watch.tick()
                     if window_closes is not None and time.monotonic() >= window_closes:
                         window = humanize.duration(s.max_duration or 0)
                         self._stop(StopReason.DURATION, f"the run's window of {window} closed")
@@ -617,6 +622,7 @@ class Runner:
         latency = time.monotonic() - started
         self.budget.settle(reserved, generated.cost)
         ticket.succeeded(latency)
+        self.watch.succeeded()
         self.tally.add(in_flight=-1, spent=generated.cost)
         return generated, attempt, latency
 
@@ -654,6 +660,8 @@ class Runner:
             ticket.unreachable(exc.message)
         elif exc.answered:
             ticket.answered()
+        if stop := self.watch.failed(exc, latency):
+            self._stop(StopReason.TIMEOUT, stop)
 
     def _succeed(self, item: Item, generated: Generated, attempt: int, latency: float) -> None:
         # The image carries its own recipe, and is durable on disk before the journal calls
