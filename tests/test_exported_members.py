@@ -112,23 +112,21 @@ def test_import_batch_runner_loads_no_pandas_pillow_sandbox_or_engine():
 
 def test_stop_reasons_keep_their_file_values_and_their_documented_exit_codes():
     # Written in runs.jsonl and documented in the README: never renamed, never renumbered.
-    assert (
-        {reason.value: EXIT_CODES[reason] for reason in StopReason}
-        == {
-            "credits": 3,
-            "spend-limit": 3,
-            "content-type": 4,
-            "budget": 3,
-            "run-budget": 75,  # a night's share spent: resume tomorrow, like a closed window
-            "jobs-on-server": 75,  # a sync run would buy again what v2 jobs on the server deliver
-            "duration": 75,
-            "fatal": 4,
-            "interrupted": 130,
-            "unreachable": 75,
-            "rate-limited": 75,
-            "output": 74,
-            "internal": 70,
-        }
-    )
+    assert {reason.value: EXIT_CODES[reason] for reason in StopReason} == {
+        "credits": 3,
+        "spend-limit": 3,
+        "content-type": 4,
+        "budget": 3,
+        "run-budget": 75,  # a night's share spent: resume tomorrow, like a closed window
+        "jobs-on-server": 75,  # a sync run would buy again what v2 jobs on the server deliver
+        "duration": 75,
+        "fatal": 4,
+        "interrupted": 130,
+        "unreachable": 75,
+        "rate-limited": 75,
+        "output": 74,
+        "internal": 70,
+        "timeout": 4,  # a --timeout no answer can meet
+    }
     assert (exit_codes.OK, exit_codes.FAILED_ITEMS, exit_codes.USAGE, exit_codes.LOCKED) == (0, 1, 2, 5)
     assert StopReason("credits") is StopReason.CREDITS and f"{StopReason.CREDITS}" == "credits"

@@ -18,16 +18,9 @@ from batch_runner.job.columns import near_parameter, normalized, parameter_named
 from batch_runner.job.items import item_id_for
 from batch_runner.job.manifest import load_job
 from tests.helpers import run, run_cli
+from tests.test_input_honesty import rejected
 
 FAST = 30
-
-
-def rejected(result, *fragments: str) -> str:
-    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
-    assert "Traceback" not in result.stderr
-    for fragment in fragments:
-        assert fragment in result.stderr, (fragment, result.stderr)
-    return result.stderr
 
 
 # ------------------------------------------------------------------ 1. near-miss column names

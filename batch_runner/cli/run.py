@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shlex
 import signal
 import sys
@@ -47,6 +48,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=cmd_run)
 
 
+_SETTING_WORDS = re.compile(r"\b(?<!-)(timeout|max_wait|max_attempts) (?=\d)")
+
+
+def flagged(message: str) -> str:
+    """The engine names a setting as run() does (`timeout 5 s`); the command says its flag."""
+    return _SETTING_WORDS.sub(lambda m: "--" + m.group(1).replace("_", "-") + " ", message)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     """Run a job. Under --progress quiet a successful run prints nothing at all, and a failed
     or stopped one prints everything it held back to stderr: cron mails only bad news."""
@@ -56,6 +65,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     held: list[str] = []
 
     def log(message: str) -> None:
+        message = flagged(message)
         if quiet:
             held.append(message)
         else:
@@ -199,6 +209,7 @@ def describe(r: RunOutcome, settings: Settings, resume_command: str) -> str:
         Stop.OUTPUT: f"stopped: cannot write to {r.output} ({detail})",
         Stop.INTERNAL: f"stopped: internal error ({detail}); this is a bug, please report it",
         Stop.JOBS_ON_SERVER: f"stopped before sending anything: {detail}",
+        Stop.TIMEOUT: f"stopped: {flagged(detail)}",
     }[r.stop_reason]
     lines = [headline]
     lines.append(
@@ -234,6 +245,7 @@ def describe(r: RunOutcome, settings: Settings, resume_command: str) -> str:
             Stop.RATE_LIMITED: "run the same command later",
             Stop.OUTPUT: "free some space (or fix the folder's permissions), then resume with",
             Stop.INTERNAL: "results received so far are safe; resume with",
+            Stop.TIMEOUT: "raise --timeout, then resume with",
         }.get(r.stop_reason, "resume with")
         lost = "nothing is lost" if not r.lost_images else "every result that was saved is kept"
         lines.append(f"  {lost}; {what}:\n    {resume_command}")

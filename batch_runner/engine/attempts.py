@@ -140,6 +140,8 @@ class Attempts:
             ticket.unreachable(exc.message)
         elif exc.answered:
             ticket.answered()
+        if self.ctx.watch is not None and (why := self.ctx.watch.failed(exc, latency)):
+            self.ctx.stop.stop(StopReason.TIMEOUT, why)
 
     # ------------------------------------------------------------------ v2 jobs on the server
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from batch_runner.engine.attempt_watch import AttemptWatch
 from batch_runner.engine.outcome import StopReason
 from batch_runner.settings import Options, Settings
 
@@ -117,6 +118,7 @@ class RunContext:
     items: ItemSource
     log: Callable[[str], None]
     lanes: list[KeyLane]
+    watch: AttemptWatch | None = None  # sync mode: a hopeless --timeout, an unreachable endpoint
 
     @property
     def settings(self) -> Settings:

@@ -31,6 +31,7 @@ class StopReason(str, Enum):
     OUTPUT = "output"  # the output folder cannot be written
     INTERNAL = "internal"  # a bug; results received so far are safe
     JOBS_ON_SERVER = "jobs-on-server"  # a sync run would buy again what v2 jobs on the server deliver
+    TIMEOUT = "timeout"  # --timeout is shorter than any answer takes: attempts time out, billed
 
     def __str__(self) -> str:
         return self.value
@@ -52,6 +53,7 @@ EXIT_CODES: dict[StopReason, int] = {
     StopReason.OUTPUT: exit_codes.OUTPUT_ERROR,
     StopReason.INTERNAL: exit_codes.INTERNAL,
     StopReason.JOBS_ON_SERVER: exit_codes.TEMPORARY,
+    StopReason.TIMEOUT: exit_codes.FATAL_API,  # a setting the API cannot work with, as a bad key
 }
 
 

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from batch_runner import humanize
 from batch_runner.api.deadline import STOP_GRACE_S, shorten_all
 from batch_runner.engine.async_pool import AsyncPool, sync_mode_note
+from batch_runner.engine.attempt_watch import watch_for
 from batch_runner.engine.attempts import output_problem
 from batch_runner.engine.context import RunContext, RunOptions, StopSignal, Tally
 from batch_runner.engine.item_source import ItemSource, PlanCount
@@ -34,6 +35,7 @@ from batch_runner.engine.sink import adopt_saved_images
 from batch_runner.engine.sync_pool import SyncPool
 from batch_runner.errors import MixedOutput
 from batch_runner.job.manifest import Job
+from batch_runner.settings import ProgressMode
 from batch_runner.store.books import committed_usd, reserve_price, sync_refusal
 from batch_runner.store.journal import Journal
 from batch_runner.store.ledger import Ledger
@@ -249,9 +251,14 @@ class Runner:
         price = reserve_price(history, s.price_per_image)  # the highest price this folder has seen
         budget = Budget(s.max_cost, committed_usd(history, price), price, s.max_cost_per_run)
         self.items.start(history, self.stop)
+        o = self.options.options
+        quiet = ProgressMode(o.progress) is ProgressMode.QUIET
+        # Sync mode only: a v2 submit is answered at once, whatever the generation takes.
+        watch = watch_for(o.timeout, s.max_wait, self.log, quiet, not self.options.target.sandbox)
         ctx = RunContext(
-            self.job, self.options, self.out, journal, budget, self.tally, self.stop, self.items, self.log, lanes
-        )
+            self.job, self.options, self.out, journal, budget, self.tally, self.stop, self.items, self.log, lanes,
+            None if s.api == "async" else watch,
+        )  # fmt: skip
         # Async mode: jobs outstanding on the server, a few submit and poll threads.
         pool: SyncPool | AsyncPool
         if s.api == "async":
@@ -262,10 +269,10 @@ class Runner:
                 self.log(note)
         progress = Progress(
             count.todo, self.tally, mode=self.options.options.progress,
-            interval_s=self.options.options.log_interval, log=self.log, pace=pool.pace,
+            interval_s=self.options.options.log_interval, log=self.log, pace=lambda: pool.pace() + watch.bar(),
         )  # fmt: skip
         try:
-            self._supervise(pool.threads(), progress, fold, history)
+            self._supervise(pool.threads(), progress, fold, history, watch.tick)
         finally:
             progress.close()
             pool.close()
@@ -273,7 +280,12 @@ class Runner:
             lane.remember(self.out)
 
     def _supervise(
-        self, threads: list[threading.Thread], progress: Progress, fold: ManifestFold, ledger: Ledger
+        self,
+        threads: list[threading.Thread],
+        progress: Progress,
+        fold: ManifestFold,
+        ledger: Ledger,
+        tick: Callable[[], None],
     ) -> None:
         """Start the pool's threads and wait for them all: refresh the progress, close the run's
         window when it is due, and fold the journal's news into the ledger now and then."""
@@ -287,6 +299,7 @@ class Runner:
                 if crew.wait(0.25):
                     return
                 progress.refresh()
+                tick()  # the unreachable notice under --progress quiet, once a minute has passed
                 if window_closes is not None and time.monotonic() >= window_closes:
                     window = humanize.duration(max_duration or 0)
                     self.stop.stop(StopReason.DURATION, f"the run's window of {window} closed")

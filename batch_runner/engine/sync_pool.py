@@ -98,6 +98,8 @@ class SyncPool:
         latency = time.monotonic() - started
         self.attempts.paid(reserved, generated.cost)
         ticket.succeeded(latency)
+        if self.ctx.watch is not None:
+            self.ctx.watch.succeeded()
         return generated, attempt, latency
 
 
