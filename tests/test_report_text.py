@@ -117,13 +117,13 @@ def test_without_ocr_the_report_succeeds_and_says_how_to_install_it(sweep, tmp_p
     blocker.mkdir()
     (blocker / "tesserocr.py").write_text("raise ImportError('blocked for this test')\n", encoding="utf-8")
     env = {**os.environ, "PYTHONPATH": f"{blocker}{os.pathsep}{REPO}"}
-    result = run_cli("report", str(out), env=env)
+    result = run_cli("report", str(out), env=env, process=True)  # PYTHONPATH hides tesserocr from a new process
     assert result.returncode == 0, result.stderr
     assert "text check skipped for 60 image(s)" in result.stderr and "tesserocr is not installed" in result.stderr
     assert "pip install 'batch-runner[ocr]'" in result.stderr and "apt-get install tesseract-ocr" in result.stderr
     assert (out / "report" / "index.html").exists() and not (out / CACHE).exists()
     assert batch_runner.load(out).items.text_ok.isna().all()
-    no_data = run_cli("report", str(out), env={**os.environ, "TESSDATA_PREFIX": str(blocker)})
+    no_data = run_cli("report", str(out), env={**os.environ, "TESSDATA_PREFIX": str(blocker)}, process=True)
     assert no_data.returncode == 0 and "eng.traineddata) was not found" in no_data.stderr
 
 

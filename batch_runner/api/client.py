@@ -17,6 +17,7 @@ import socket
 import struct
 import threading
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -595,14 +596,23 @@ class Client:
             raise UnusableImage(f"the body is {declared:,} bytes, more than any image ({limit:,})", status, billed)
         watchdog = _WATCHDOG.schedule(deadline, lambda: _cut(response))
         chunks, size = [], 0
+        # gzip and deflate are inflated here, never past the limit: urllib3's own decoding inflates
+        # a whole read at once, and one read of a bomb that arrived in full is a gigabyte.
+        encoding = response.headers.get("Content-Encoding", "").strip().lower()
+        inflater = zlib.decompressobj(32 + zlib.MAX_WBITS) if encoding in ("gzip", "x-gzip", "deflate") else None
         try:
-            while chunk := response.raw.read1(_CHUNK, decode_content=True):
+            while raw := response.raw.read1(_CHUNK, decode_content=inflater is None):
+                chunk = raw if inflater is None else inflater.decompress(raw, limit + 1 - size)
                 chunks.append(chunk)
                 size += len(chunk)
                 if size > limit:
                     if truncate:
                         break
                     raise UnusableImage(f"the body is larger than any image ({limit:,} bytes)", status, billed)
+            if inflater is not None and size <= limit:
+                chunks.append(inflater.flush())
+        except zlib.error as exc:
+            raise UnusableImage(f"the body does not inflate as {encoding} ({exc})", status, billed)
         except (requests.RequestException, urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
             if time.monotonic() >= deadline:
                 raise TransientError(f"the body took longer than {self.timeout_s:g} s", status, billed)

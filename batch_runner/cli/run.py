@@ -53,6 +53,7 @@ _SETTING_WORDS = re.compile(r"\b(?<!-)(timeout|max_wait|max_attempts) (?=\d)")
 
 def flagged(message: str) -> str:
     """The engine names a setting as run() does (`timeout 5 s`); the command says its flag."""
+    message = message.replace("(api: async)", "(--api async)")
     return _SETTING_WORDS.sub(lambda m: "--" + m.group(1).replace("_", "-") + " ", message)
 
 
@@ -208,7 +209,7 @@ def describe(r: RunOutcome, settings: Settings, resume_command: str) -> str:
         Stop.RATE_LIMITED: f"stopped: the server is rate-limiting ({detail})",
         Stop.OUTPUT: f"stopped: cannot write to {r.output} ({detail})",
         Stop.INTERNAL: f"stopped: internal error ({detail}); this is a bug, please report it",
-        Stop.JOBS_ON_SERVER: f"stopped before sending anything: {detail}",
+        Stop.JOBS_ON_SERVER: f"stopped before sending anything: {flagged(detail)}",
         Stop.TIMEOUT: f"stopped: {flagged(detail)}",
     }[r.stop_reason]
     lines = [headline]
